@@ -1,0 +1,629 @@
+"""Shared parts of the deterministic-autoencoder reference: everything that is not a method.
+
+Contents, in reading order:
+  1. command line: `arg` fields of an `Args` dataclass -> argparse; `UserError`; `cli`
+  2. data: cifar10 / mnist / celeba / folder / digits / fake as uint8 NCHW tensors, batches
+  3. backbone of Tolstikhin et al. 2018 / Ghosh et al. 2020 (used by DAE, VAE, RAE, EAE)
+  4. latent samplers fitted ex post on the codes: N(0, I), MVG, GMM
+  5. run utilities: seeding, device, run folder, log, grids, EMA, atomic checkpoints
+  6. GPU evaluation helpers (FID / IS): see the placeholder at the end
+
+Images that cross a file boundary are float NCHW tensors in [0, 1].
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import typing
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------
+# 1. Command line
+# ----------------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad data path, missing checkpoint): printed as one line."""
+
+    exit_code = 2
+
+
+def arg(default, help: str, choices=None, low=None):
+    """A dataclass field that becomes `--flag` with this one-line help (and allowed values)."""
+    meta = {"help": help, "choices": choices, "low": low}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _bounded(kind, low):
+    def convert(text):
+        value = kind(text)  # argparse turns a ValueError into "invalid int value: 'x'"
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def build_parser(args_cls, description: str | None = None) -> argparse.ArgumentParser:
+    """One `--flag` per field of the `Args` dataclass: type, default, help, choices from it."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    hints = typing.get_type_hints(args_cls)
+    for f in dataclasses.fields(args_cls):
+        kind = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        meta = f.metadata
+        options = {"default": default, "help": meta.get("help", "")}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction  # --flag / --no-flag
+        else:
+            item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+            if meta.get("low") is not None:
+                item = _bounded(item, meta["low"])
+            options["type"] = item
+            options["choices"] = meta.get("choices")
+            if typing.get_origin(kind) is list:
+                options["nargs"] = "+"
+        parser.add_argument("--" + f.name.replace("_", "-"), **options)
+    return parser
+
+
+def parse_args(args_cls, argv=None, description=None):
+    """Parse argv into `args_cls`; also return the names the user gave explicitly."""
+    parser = build_parser(args_cls, description)
+    namespace = parser.parse_args(argv)
+    # A second pass with every default suppressed tells which flags were typed.
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_args(argv)))
+    return args_cls(**vars(namespace)), given
+
+
+def cli(main, args_cls, doc: str | None):
+    """Entry point of a method file: parse, run, and turn user mistakes into one line."""
+    description = (doc or "").strip().split("\n\n")[0]
+    args, given = parse_args(args_cls, description=description)
+    try:
+        main(args, given)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last complete epoch's checkpoint is kept; "
+              "continue with --resume RUN_DIR", file=sys.stderr)
+        sys.exit(130)
+
+
+# ----------------------------------------------------------------------------------------
+# 2. Data: decode once into uint8 [N, C, H, W]; batch on the training device
+# ----------------------------------------------------------------------------------------
+
+DATASETS = ("cifar10", "mnist", "celeba", "folder", "digits", "fake")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+# Image size and centre crop a data set gets when --image-size / --crop are 0.
+DEFAULT_SIZE = {"celeba": 64}
+DEFAULT_CROP = {"celeba": 140}
+CELEBA_TEST_FROM = 182638  # standard partition: 1-162770 train, -182637 valid, rest test
+
+
+def default_size(name: str, image_size: int = 0, crop: int = 0) -> tuple[int, int]:
+    """(image size, centre crop) for a data set, the given values winning over defaults."""
+    return image_size or DEFAULT_SIZE.get(name, 32), crop or DEFAULT_CROP.get(name, 0)
+
+
+def load_images(name: str, root: str, split: str, image_size: int = 0, crop: int = 0):
+    """A whole split as one uint8 tensor [N, C, H, W] on the CPU."""
+    image_size, crop = default_size(name, image_size, crop)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, not {split}")
+    if name == "cifar10":
+        return _torchvision_set("CIFAR10", root, split, "cifar-10-batches-py")
+    if name == "mnist":  # 28x28 zero-padded to 32x32, as Ghosh et al. and Ghose et al.
+        return F.pad(_torchvision_set("MNIST", root, split, "MNIST/raw"), (2, 2, 2, 2))
+    if name == "celeba":
+        return _celeba(root, split, image_size, crop)
+    if name == "folder":
+        return _folder(root, split, image_size, crop)
+    if name == "digits":
+        return _digits(split, image_size)
+    if name == "fake":
+        return _fake(split, image_size)
+    raise ValueError(f"unknown data set {name}; choose from {DATASETS}")
+
+
+def _torchvision_set(cls_name: str, root: str, split: str, expected: str) -> torch.Tensor:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, cls_name)
+    try:  # download=True only fetches when the files are missing or corrupt
+        with contextlib.redirect_stdout(sys.stderr):
+            dataset = cls(root, train=split == "train", download=True)
+    except (OSError, RuntimeError) as error:  # no network, or a broken partial download
+        raise UserError(
+            f"{cls_name} is not in {Path(root) / expected} and could not be downloaded "
+            f"({type(error).__name__}); put it there or pass --data-root") from None
+    images = torch.as_tensor(dataset.data)  # [N, H, W, C] (CIFAR) or [N, H, W] (MNIST)
+    return images.permute(0, 3, 1, 2).contiguous() if images.ndim == 4 else images[:, None]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise UserError(f"data folder {folder} does not exist; pass --data-root")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"data folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _folder(root: str, split: str, image_size: int, crop: int) -> torch.Tensor:
+    """ImageFolder-style tree. With train/ and test/ sub-folders those are the splits;
+    otherwise every tenth file (sorted order) is held out as the test split."""
+    root_path = Path(root)
+    if (root_path / "train").is_dir() and (root_path / "test").is_dir():
+        return _decode_cached(_image_files(root_path / split), root_path, f"folder-{split}",
+                              image_size, crop)
+    files = _image_files(root_path)
+    files = [f for i, f in enumerate(files) if (i % 10 == 9) == (split == "test")]
+    if not files:
+        raise UserError(f"data folder {root} has too few images for a {split} split")
+    return _decode_cached(files, root_path, f"folder-{split}", image_size, crop)
+
+
+def _celeba(root: str, split: str, image_size: int, crop: int) -> torch.Tensor:
+    """CelebA through torchvision (root/celeba/...) or any folder of its numbered JPEGs."""
+    root_path = Path(root)
+    image_dir = next((d for d in (root_path / "celeba" / "img_align_celeba",
+                                  root_path / "img_align_celeba", root_path)
+                      if d.is_dir() and any(d.glob("*.jpg"))), None)
+    if image_dir is None:
+        import torchvision
+
+        try:  # torchvision knows the official files and partition
+            torchvision.datasets.CelebA(root, split="all", download=True)
+        except (OSError, RuntimeError) as error:
+            raise UserError(
+                f"CelebA is not in {root_path / 'celeba' / 'img_align_celeba'} and could not "
+                f"be downloaded ({type(error).__name__}); put it there or pass --data-root"
+            ) from None
+        image_dir = root_path / "celeba" / "img_align_celeba"
+    files = _image_files(image_dir)
+    # Official partition by file number; names that are not numbers all count as train.
+    number = lambda p: int(p.stem) if p.stem.isdigit() else 0  # noqa: E731
+    files = [p for p in files if (number(p) >= CELEBA_TEST_FROM) == (split == "test")]
+    if not files:
+        raise UserError(f"no CelebA {split} images (test starts at {CELEBA_TEST_FROM}.jpg) "
+                        f"in {image_dir}")
+    return _decode_cached(files, image_dir, f"celeba-{split}", image_size, crop)
+
+
+def _decode_cached(files, cache_dir: Path, tag: str, image_size: int, crop: int):
+    """Decode image files once; keep the result as one file next to the data."""
+    from PIL import Image
+    from tqdm import tqdm
+    import torchvision.transforms.functional as TF
+
+    cache = cache_dir / f".cache-{tag}-crop{crop}-size{image_size}.pt"
+    stamp = [len(files), str(files[0]), str(files[-1]), max(f.stat().st_mtime for f in files)]
+    if cache.exists():
+        stored = torch.load(cache, weights_only=True)
+        if stored["stamp"] == stamp:
+            return stored["images"]
+    images = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
+    for i, path in enumerate(tqdm(files, desc=f"decoding {tag}", mininterval=2)):
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if crop:
+                image = TF.center_crop(image, [crop, crop])
+            image = TF.resize(image, image_size, antialias=True)  # shorter side
+            image = TF.center_crop(image, [image_size, image_size])
+            images[i] = TF.pil_to_tensor(image)
+    try:
+        atomic_save({"images": images, "stamp": stamp}, cache)
+    except OSError:
+        warnings.warn(f"could not write the cache {cache}; the next run decodes again")
+    return images
+
+
+def _digits(split: str, image_size: int) -> torch.Tensor:
+    """scikit-learn's bundled 8x8 digits (1797), upscaled; the last 297 are the test split."""
+    from sklearn.datasets import load_digits
+
+    pixels = torch.as_tensor(load_digits().images, dtype=torch.float32)[:, None] / 16
+    pixels = pixels[:1500] if split == "train" else pixels[1500:]
+    pixels = F.interpolate(pixels, size=image_size, mode="bilinear", align_corners=False)
+    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8)  # [N, 1, S, S]
+
+
+def _fake(split: str, image_size: int) -> torch.Tensor:
+    """Deterministic synthetic RGB images (coloured Gaussian blobs), for tests."""
+    n = 256 if split == "train" else 64
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    axis = torch.linspace(-1, 1, image_size)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    centres = torch.rand(n, 3, 2, generator=g) * 1.6 - 0.8  # three blobs per image
+    colours = torch.rand(n, 3, 3, 1, 1, generator=g)
+    dist2 = (xx - centres[..., 0, None, None]) ** 2 + (yy - centres[..., 1, None, None]) ** 2
+    blobs = torch.exp(-dist2 / 0.08)[:, :, None]  # [N, 3 blobs, 1, S, S]
+    images = (blobs * colours).sum(1).clamp(0, 1)  # [N, 3, S, S]
+    return (images * 255).round().to(torch.uint8)
+
+
+def batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, flip: bool = False):
+    """One epoch of float [0, 1] batches sliced from a seeded permutation of uint8 `images`
+    (already on the training device); drops the last incomplete batch. The permutation and
+    the flips depend only on (seed, epoch), so a resumed run sees the same batches."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(images), generator=g).to(images.device)
+    flips = (torch.rand(len(images), generator=g) < 0.5).to(images.device)
+    memory_format = torch.channels_last if images.is_cuda else torch.contiguous_format
+    for start in range(0, len(images) - batch_size + 1, batch_size):
+        index = order[start:start + batch_size]
+        x = images[index].float().div_(255).contiguous(memory_format=memory_format)
+        if flip:  # horizontal flip of a random half of the batch, on the device
+            x = torch.where(flips[index, None, None, None], x.flip(3), x)
+        yield x  # [B, C, H, W]
+
+
+# ----------------------------------------------------------------------------------------
+# 3. Backbone of Tolstikhin et al. (2018) / Ghosh et al. (2020)
+# ----------------------------------------------------------------------------------------
+
+LATENT_NORMS = ("none", "bn", "bn-noaffine", "ln", "sn")  # sn: spectral norm, latent layer
+SPECTRAL_NORMS = ("none", "decoder", "all")
+
+
+def _per_stage(depth, stages: int) -> list[int]:
+    depth = [depth] if isinstance(depth, int) else list(depth)
+    if len(depth) == 1:
+        depth = depth * stages
+    if len(depth) != stages or min(depth) < 1:
+        raise UserError(f"--depth takes one value or {stages} values of at least 1, not {depth}")
+    return depth
+
+
+def _norm_layers(module: nn.Module, momentum=0.01, eps=1e-3):
+    """Keras' batch-norm constants (PyTorch momentum = 1 - Keras momentum 0.99)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum, m.eps = momentum, eps
+
+
+def _keras_init(module: nn.Module):
+    """Glorot-uniform weights and zero biases, the Keras defaults the official code ran."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _spectral_norm(*modules: nn.Module):
+    """Spectral normalisation (one power iteration per step) of every conv / linear layer."""
+    for module in modules:
+        for m in list(module.modules()):
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                nn.utils.parametrizations.spectral_norm(m)
+
+
+def _same_conv(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
+    """Stride-1 conv keeping the size; an even kernel is padded one more at right and
+    bottom, as Keras/TensorFlow 'same' padding does."""
+    total = kernel - 1
+    pad = nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
+    return nn.Sequential(pad, nn.Conv2d(in_ch, out_ch, kernel))
+
+
+def _stage(conv, in_ch: int, out_ch: int, kernel: int, depth: int) -> list:
+    """depth-1 stride-1 convs, then the stride-2 (transposed) conv; each with BN + ReLU."""
+    layers = []
+    for _ in range(depth - 1):
+        layers += [_same_conv(in_ch, out_ch, kernel), nn.BatchNorm2d(out_ch), nn.ReLU()]
+        in_ch = out_ch
+    pad = (kernel - 1) // 2  # k4 p1 and k5 p2 both halve (or double) the size exactly
+    extra = {"output_padding": kernel % 2} if conv is nn.ConvTranspose2d else {}
+    layers += [conv(in_ch, out_ch, kernel, stride=2, padding=pad, **extra),
+               nn.BatchNorm2d(out_ch), nn.ReLU()]
+    return layers
+
+
+class Encoder(nn.Module):
+    """x [B, C, S, S] in [0, 1] -> z [B, latent]. Four stride-2 stages of f, 2f, 4f, 8f."""
+
+    def __init__(self, channels: int, image_size: int, filters: int = 128, depth=1,
+                 latent_dim: int = 128, latent_norm: str = "none", spectral_norm: str = "none",
+                 freeze_latent: bool = False):
+        super().__init__()
+        if image_size % 16 or image_size < 16:
+            raise UserError(f"image size must be a multiple of 16, not {image_size}")
+        kernel = 4 if image_size <= 32 else 5  # 4x4 for 32x32, 5x5 for 64x64
+        layers, in_ch = [], channels
+        for stage, stage_depth in enumerate(_per_stage(depth, 4)):
+            layers += _stage(nn.Conv2d, in_ch, filters * 2 ** stage, kernel, stage_depth)
+            in_ch = filters * 2 ** stage
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        self.to_latent = nn.Linear(in_ch * (image_size // 16) ** 2, latent_dim)
+        _keras_init(self)
+        if spectral_norm == "all":
+            _spectral_norm(self.convs)
+        if latent_norm == "sn" or spectral_norm == "all":
+            _spectral_norm(self.to_latent)
+        if freeze_latent:  # the latent layer stays at its random initialisation
+            self.to_latent.requires_grad_(False)
+        self.latent_norm = {
+            "none": nn.Identity(), "sn": nn.Identity(),
+            "bn": nn.BatchNorm1d(latent_dim), "ln": nn.LayerNorm(latent_dim),
+            "bn-noaffine": nn.BatchNorm1d(latent_dim, affine=False),
+        }[latent_norm]
+        _norm_layers(self)
+
+    def forward(self, x):
+        h = self.convs(x * 2 - 1)  # [B, 8f * (S/16)^2]; inputs to [-1, 1] as the official code
+        return self.latent_norm(self.to_latent(h))  # [B, latent]
+
+
+class Decoder(nn.Module):
+    """z [B, latent] -> logits [B, C, S, S]. Linear to 8x8x8f, stride-2 transposed convs
+    4f, 2f (and f for 64x64), then a stride-1 output conv to C channels."""
+
+    def __init__(self, channels: int, image_size: int, filters: int = 128, depth=1,
+                 latent_dim: int = 128, spectral_norm: str = "none", noise_std: float = 0.0):
+        super().__init__()
+        kernel = 4 if image_size <= 32 else 5
+        ups = int(math.log2(image_size // 8))  # 2 for 32x32, 3 for 64x64
+        # Stage widths 4f, 2f, f mirror encoder stages 3, 2, 1, and take their depths.
+        depths = _per_stage(depth, 4)[2::-1][:ups]
+        self.noise_std = noise_std
+        self.width = filters * 8
+        self.from_latent = nn.Linear(latent_dim, 8 * 8 * self.width)
+        layers, in_ch = [], self.width
+        for stage in range(ups):
+            out_ch = filters * 2 ** (2 - stage)
+            layers += _stage(nn.ConvTranspose2d, in_ch, out_ch, kernel, depths[stage])
+            in_ch = out_ch
+        layers.append(_same_conv(in_ch, channels, kernel))  # output layer, no BN
+        self.convs = nn.Sequential(*layers)
+        _keras_init(self)
+        if spectral_norm in ("decoder", "all"):
+            _spectral_norm(self)
+        _norm_layers(self)
+
+    def forward(self, z):
+        if self.training and self.noise_std > 0:  # Gaussian noise on the decoder input
+            z = z + self.noise_std * torch.randn_like(z)
+        h = self.from_latent(z).view(-1, self.width, 8, 8)  # [B, 8f, 8, 8]
+        return self.convs(h)  # [B, C, S, S] logits
+
+
+# ----------------------------------------------------------------------------------------
+# 4. Latent samplers: fitted on the codes after training (ex-post density estimation)
+# ----------------------------------------------------------------------------------------
+
+
+class LatentSampler:
+    """A Gaussian mixture over codes, sum_k w_k N(mu_k, Sigma_k) in float64. The three ex-post
+    densities are its cases: N(0, I) and MVG have one component, GMM has K."""
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor):
+        self.weights, self.means, self.covs = weights.double(), means.double(), covs.double()
+        # Sigma_k = A_k A_k^T from the eigendecomposition: fine for singular covariances.
+        eigvals, eigvecs = torch.linalg.eigh(self.covs)
+        self.factors = eigvecs * eigvals.clamp(min=0).sqrt()[:, None, :]  # [K, d, d]
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """n codes [n, d] (float32, CPU); components drawn per sample, so never grouped."""
+        g = torch.Generator().manual_seed(seed)
+        component = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        noise = torch.randn(n, self.means.shape[1], generator=g, dtype=torch.float64)
+        z = self.means[component] + torch.einsum("nij,nj->ni", self.factors[component], noise)
+        return z.float()
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights, "means": self.means, "covs": self.covs}
+
+
+def fit_samplers(codes: torch.Tensor, seed: int = 0, gmm_components: int = 10) -> dict:
+    """N(0, I), MVG (mean and full covariance of the codes) and a GMM (scikit-learn, full
+    covariances, max_iter 2000, tol 1e-3 as the RAE code), fitted on codes [N, d]."""
+    from sklearn.mixture import GaussianMixture
+
+    codes = codes.detach().cpu().double()
+    d, one = codes.shape[1], torch.ones(1)
+    gmm = GaussianMixture(gmm_components, covariance_type="full", max_iter=2000, tol=1e-3,
+                          random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # non-convergence is reported below, in one line
+        gmm.fit(codes.numpy())
+    if not gmm.converged_:
+        warnings.warn(f"the {gmm_components}-component GMM did not converge in "
+                      f"{gmm.n_iter_} iterations; its samples may be poor")
+    return {
+        "normal": LatentSampler(one, torch.zeros(1, d), torch.eye(d)[None]),
+        "mvg": LatentSampler(one, codes.mean(0, keepdim=True), torch.cov(codes.T)[None]),
+        "gmm": LatentSampler(*(torch.as_tensor(a) for a in
+                               (gmm.weights_, gmm.means_, gmm.covariances_))),
+    }
+
+
+def samplers_from_state(states: dict) -> dict:
+    return {name: LatentSampler(**state) for name, state in states.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# 5. Run utilities
+# ----------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int):
+    import random
+
+    random.seed(seed)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but CUDA is not available; "
+                        "use --device cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def new_run_folder(out_dir: str, method: str, dataset: str, args) -> Path:
+    """runs/<method>-<dataset>-<time>/ with args.json written."""
+    name = f"{method}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder, suffix = Path(out_dir) / name, 1
+    while folder.exists():  # two runs started in the same second
+        folder, suffix = Path(out_dir) / f"{name}-{suffix}", suffix + 1
+    folder.mkdir(parents=True)
+    (folder / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    return folder
+
+
+def log_epoch(folder: Path, record: dict):
+    """Append one line of per-epoch figures to log.jsonl and print it."""
+    with open(folder / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in record.items()))
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8):
+    """Images in [0, 1], [N, C, H, W], as one PNG grid."""
+    import torchvision.utils
+
+    torchvision.utils.save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=nrow,
+                                 padding=1, pad_value=1.0)
+
+
+class EMA:
+    """Exponential moving average of a model's weights (buffers copied as they are)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float):
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - decay)  # ema = decay * ema + (1 - decay) * p
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+
+def atomic_save(obj, path: Path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def load_checkpoint(run_dir: str, map_location="cpu") -> dict:
+    """The run's checkpoint, loaded safely (tensors and plain types only)."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {CHECKPOINT}; pass the folder of a run "
+                        "that finished at least one epoch")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated or foreign file
+        raise UserError(f"{path} could not be read ({type(error).__name__})") from None
+
+
+RESUMABLE = ("epochs", "device", "compile")  # flags that may change when resuming
+
+
+def resume(args, given: set):
+    """For --resume RUN_DIR: the run's own args (epochs, device and compile typed now win)
+    and its checkpoint."""
+    checkpoint = load_checkpoint(args.resume)
+    ignored = sorted(given - set(RESUMABLE) - {"resume"})
+    if ignored:
+        print(f"resuming: ignoring --{', --'.join(ignored)}; the run keeps its own settings")
+    stored = {**checkpoint["args"], **{k: getattr(args, k) for k in given & set(RESUMABLE)}}
+    return type(args)(**{**stored, "resume": args.resume}), checkpoint
+
+
+def stop_if_diverged(loss: float, epoch: int, folder: Path):
+    if not math.isfinite(loss):
+        raise UserError(f"the loss became {loss} in epoch {epoch + 1}; the checkpoint of the "
+                        f"last good epoch in {folder} is intact; try a lower --lr")
+
+
+@torch.no_grad()
+def encode_all(encode, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Codes [N, d] (float32, CPU) of a whole uint8 image set, in batches."""
+    device = images.device
+    codes = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].float().div_(255)
+        with autocast(device):
+            codes.append(encode(x).float().cpu())
+    return torch.cat(codes)
+
+
+def save_reconstructions(images: torch.Tensor, reconstructions: torch.Tensor, path: Path):
+    """Rows of 8 originals, each followed by the row of their reconstructions."""
+    n = len(images) // 8 * 8
+    pairs = torch.stack([images[:n].view(-1, 8, *images.shape[1:]),
+                         reconstructions[:n].view(-1, 8, *images.shape[1:])], 1)
+    save_grid(pairs.flatten(0, 2), path, nrow=8)
+
+
+class Run(typing.NamedTuple):
+    """What a method file's load_run returns to eval.py."""
+
+    model: nn.Module
+    args: dict
+    samplers: dict
+    folder: Path
+
+
+# ----------------------------------------------------------------------------------------
+# 6. GPU evaluation helpers (FID, IS, precision/recall): filled in by the eval.py issue.
+#    Inception features from [0, 1] images, Frechet distance, Inception Score and
+#    improved precision/recall go here so that method files and eval.py share them.
+# ----------------------------------------------------------------------------------------

@@ -1,0 +1,282 @@
+"""Deterministic autoencoder with ex-post sampling (Daly, Fieldsend and Tabor 2022).
+
+Paper: "Variational Autoencoders Without the Variation", G. A. Daly, J. E. Fieldsend and
+G. Tabor, 2022, https://arxiv.org/abs/2203.00645
+
+The method. A plain convolutional autoencoder (the Tolstikhin et al. / Ghosh et al.
+backbone) is trained with the reconstruction loss alone: no KL term, no regulariser. After
+training, the training set is encoded and a density is fitted to the codes "ex post": an
+isotropic N(0, I), one full-covariance Gaussian (MVG), or a 10-component Gaussian mixture
+(GMM). New images are decoded samples of that density. The paper's finding is that large
+enough DAEs sampled this way beat beta-VAEs of the same size (Table 2: CIFAR-10, f=128,
+GMM FID 73.78 against 94.21), their implicit regularisation coming from the size of the
+networks and gradient descent; N(0, I) sampling fails without a latent batch norm.
+
+Key equations (the paper numbers none of them):
+    z = E(x),   x_hat = sigmoid(D(z))                              encoder / decoder
+    L(x) = -(1/P) sum_p [x_p log x_hat_p + (1 - x_p) log(1 - x_hat_p)]   BCE, P pixels
+    after training: fit p(z) in {N(0, I), N(mu, Sigma), sum_k pi_k N(mu_k, Sigma_k)}
+    on {E(x_i)} of the training set; sample z ~ p(z) and decode.
+
+Reproduce (the paper trains 100 epochs, batch 128; FID with `python eval.py RUN_DIR`):
+    Table 2, CIFAR-10, f=128, 128 latents (MVG 82.49, GMM 73.78):
+        python dae.py --dataset cifar10 --filters 128 --latent-dim 128
+    Table 2, the same with a latent batch norm (N(0, I) 94.14, GMM 73.05):
+        python dae.py --dataset cifar10 --filters 128 --latent-dim 128 --latent-norm bn
+    Table 2 / Fig. 1, other widths: --filters 32, 64 or 256
+    Table 3, CIFAR-10, f=128, best latent size (MVG 81.62, GMM 72.82):
+        python dae.py --dataset cifar10 --filters 128 --latent-dim 144
+    Best CIFAR-10 result, depths [3, 3, 2, 1], 96 latents (MVG 77.10, GMM 67.32):
+        python dae.py --dataset cifar10 --filters 128 --depth 3 3 2 1 --latent-dim 96
+    Table 2, CelebA 64x64 (centre crop 140, resize 64), f=128, 64 latents (GMM 39.10):
+        python dae.py --dataset celeba --data-root DATA --filters 128 --latent-dim 64
+    Fig. 4 latent normalisations: --latent-norm bn | sn | ln
+    Decoder-input noise (Sec. 4): --noise-std 0.1 | 0.5 | 1.0
+    Fig. 3 frozen latent layer: --freeze-latent (with --depth 1 or 2)
+    Offline quick start (scikit-learn's digits, a few minutes on a laptop CPU):
+        python dae.py --dataset digits --filters 16 --latent-dim 16 --epochs 20 --batch-size 64
+
+Deviations and choices:
+  - The paper used TensorFlow 2.4; this is PyTorch. Keras' defaults are kept where they
+    matter: Glorot-uniform init with zero biases, batch-norm momentum 0.99 (PyTorch 0.01)
+    and eps 1e-3, Adam eps 1e-7, TensorFlow 'same' padding (an even kernel pads one more
+    at right and bottom).
+  - The paper does not say how "depth n" applies to the decoder. Here each decoder stage
+    of width 4f, 2f (f) takes the depth of the encoder stage of the same width, its
+    stride-1 convs before the stride-2 transposed conv (mirroring the encoder).
+  - The decoder's first layer maps to 8x8x8f (the Ghosh et al. code hard-codes 8x8x1024,
+    the same for f=128); its output layer is a stride-1 conv to C channels, no BN.
+  - Inputs are mapped to [-1, 1] inside the encoder, as the Ghosh et al. code does; the
+    decoder's output is a sigmoid; the BCE is the mean over pixels, as Keras computes it.
+  - Learning-rate switches at epochs int(0.33 E) and int(0.66 E) (33 and 66 for E = 100);
+    the warm-up epoch (constant 1e-4) is the first of the E epochs.
+  - GMM: scikit-learn GaussianMixture with max_iter 2000, tol 1e-3 (the RAE code's values;
+    the paper gives none), seeded with --seed. MVG sampling uses an eigendecomposition, so
+    a singular covariance (e.g. --latent-norm ln) does not fail.
+  - "SN on the latent layer" is spectral normalisation of the linear layer that outputs
+    the code; "frozen" keeps that layer's weights and bias at their initial values.
+  - No augmentation by default (the paper mentions none); --flip adds random flips.
+  - The digits data set (1500 train / 297 test images upscaled to 32x32) is our offline
+    addition, not in the paper.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import common
+from common import arg
+
+# Paper's FID figures (Table 2 / 3) for eval.py to print beside ours: {(dataset, f, d): ...}
+PAPER_FID = {
+    ("cifar10", 128, 128): {"rec": 45.21, "normal": 282.3, "mvg": 82.49, "gmm": 73.78},
+    ("cifar10", 128, 144): {"rec": 40.31, "normal": 428.6, "mvg": 81.62, "gmm": 72.82},
+    ("cifar10", 128, 96): {"mvg": 77.10, "gmm": 67.32},  # depths [3, 3, 2, 1]
+    ("celeba", 128, 64): {"rec": 31.85, "normal": 426.9, "mvg": 46.96, "gmm": 39.10},
+}
+
+
+@dataclass
+class Args:
+    dataset: str = arg("cifar10", "data set", choices=common.DATASETS)
+    data_root: str = arg("data", "folder of the data set (torchvision downloads into it)")
+    image_size: int = arg(0, "image side; 0: the data set's own (64 for celeba, else 32)", low=0)
+    crop: int = arg(0, "centre crop before resizing; 0: 140 for celeba, none otherwise", low=0)
+    flip: bool = arg(False, "random horizontal flips (the paper uses no augmentation)")
+    filters: int = arg(128, "filter base f: encoder stages have f, 2f, 4f, 8f filters", low=1)
+    depth: list[int] = arg([1], "convs per stage (strided last): one value or four", low=1)
+    latent_dim: int = arg(128, "latent units (128 CIFAR-10 and 64 CelebA in Table 2)", low=1)
+    latent_norm: str = arg("none", "on the latent layer: batch, layer or spectral norm",
+                           choices=("none", "bn", "ln", "sn"))
+    noise_std: float = arg(0.0, "std of Gaussian noise added to the decoder input", low=0)
+    freeze_latent: bool = arg(False, "keep the latent layer at its random initialisation")
+    epochs: int = arg(100, "training epochs", low=1)
+    batch_size: int = arg(128, "batch size", low=1)
+    lr: float = arg(1e-3, "learning rate; x0.1 at 33%% and again at 66%% of the epochs", low=0)
+    warmup_lr: float = arg(1e-4, "learning rate of the first (warm-up) epoch", low=0)
+    gmm_components: int = arg(10, "components of the ex-post GMM", low=1)
+    seed: int = arg(0, "seed of initialisation, batch order and samplers")
+    device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
+    out_dir: str = arg("runs", "parent folder of the run folders")
+    resume: str = arg("", "run folder to continue from its last checkpoint")
+
+
+# ----------------------------------------------------------------------------------------
+# Model: the common backbone, nothing added
+# ----------------------------------------------------------------------------------------
+
+
+class DAE(nn.Module):
+    def __init__(self, args: Args, channels: int, image_size: int):
+        super().__init__()
+        self.encoder = common.Encoder(
+            channels, image_size, args.filters, args.depth, args.latent_dim,
+            latent_norm=args.latent_norm, freeze_latent=args.freeze_latent)
+        self.decoder = common.Decoder(
+            channels, image_size, args.filters, args.depth, args.latent_dim,
+            noise_std=args.noise_std)
+
+    def forward(self, x):  # x [B, C, H, W] in [0, 1]
+        z = self.encoder(x)  # [B, d]
+        return self.decoder(z), z  # logits [B, C, H, W], codes [B, d]
+
+
+# ----------------------------------------------------------------------------------------
+# Loss and schedule
+# ----------------------------------------------------------------------------------------
+
+
+def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy, mean over pixels and batch: the DAE's only loss term."""
+    return F.binary_cross_entropy_with_logits(logits.float(), x)
+
+
+def learning_rate(args: Args, epoch: int) -> float:
+    """One warm-up epoch at 1e-4, then 1e-3, 1e-4, 1e-5 switching at 33% and 66%."""
+    if epoch == 0:
+        return args.warmup_lr
+    decays = (epoch >= int(0.33 * args.epochs)) + (epoch >= int(0.66 * args.epochs))
+    return args.lr * 0.1 ** decays
+
+
+# ----------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------
+
+
+def train(args: Args, given: set):
+    checkpoint = None
+    if args.resume:
+        args, checkpoint = common.resume(args, given)
+    device = common.pick_device(args.device)
+    common.seed_everything(args.seed)
+    train_images = common.load_images(args.dataset, args.data_root, "train",
+                                      args.image_size, args.crop).to(device)
+    test_images = common.load_images(args.dataset, args.data_root, "test",
+                                     args.image_size, args.crop)[:64].to(device)
+    channels, image_size = train_images.shape[1], train_images.shape[-1]
+    if args.batch_size > len(train_images):
+        raise common.UserError(f"--batch-size {args.batch_size} is larger than the "
+                               f"{len(train_images)} training images")
+
+    model = DAE(args, channels, image_size).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
+    start_epoch = 0
+    if checkpoint is None:
+        folder = common.new_run_folder(args.out_dir, "dae", args.dataset, args)
+    else:
+        folder = Path(args.resume)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        common.set_rng_state(checkpoint["rng"])
+        start_epoch = checkpoint["epoch"] + 1
+    forward = torch.compile(model) if args.compile else model
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"run folder {folder}; {len(train_images)} training images {channels}x{image_size}"
+          f"x{image_size}; {n_params / 1e6:.2f}M parameters; {device}")
+
+    steps = len(train_images) // args.batch_size
+    state = {}
+    for epoch in range(start_epoch, args.epochs):
+        lr = learning_rate(args, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        started, loss_sum = time.time(), torch.zeros((), device=device)
+        bar = tqdm(common.batches(train_images, args.batch_size, args.seed, epoch, args.flip),
+                   total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        for step, x in enumerate(bar):
+            with common.autocast(device):
+                logits, _ = forward(x)
+            loss = reconstruction_loss(logits, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
+                bar.set_postfix(bce=f"{loss.item():.4f}")
+                common.stop_if_diverged(loss.item(), epoch, folder)
+        bce = loss_sum.item() / steps
+        common.stop_if_diverged(bce, epoch, folder)
+        seconds = time.time() - started
+        common.log_epoch(folder, {"epoch": epoch + 1, "bce": bce, "lr": lr, "seconds": seconds,
+                                  "images_per_sec": steps * args.batch_size / seconds})
+        model.eval()
+        with torch.no_grad():
+            reconstructions = torch.sigmoid(model(test_images.float() / 255)[0])
+        common.save_reconstructions(test_images.float() / 255, reconstructions,
+                                    folder / "reconstructions.png")
+        state = {"args": dataclasses.asdict(args), "data_shape": [channels, image_size],
+                 "epoch": epoch, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "rng": common.rng_state(), "samplers": {}}
+        common.atomic_save(state, folder / common.CHECKPOINT)
+
+    # Ex-post density estimation on the codes of the whole training set (eval-mode BN).
+    model.eval()
+    if not state:  # resumed a run that had finished all its epochs: refit its samplers
+        state = checkpoint
+    print("encoding the training set and fitting N(0, I), MVG and GMM ...")
+    codes = common.encode_all(model.encoder, train_images)  # [N, d]
+    samplers = common.fit_samplers(codes, args.seed, args.gmm_components)
+    state["samplers"] = {name: s.state_dict() for name, s in samplers.items()}
+    common.atomic_save(state, folder / common.CHECKPOINT)
+    run = common.Run(model, state["args"], samplers, folder)
+    for name in samplers:
+        common.save_grid(sample(run, 64, name, seed=args.seed), folder / f"samples_{name}.png")
+    print(f"done: grids, log.jsonl and checkpoint in {folder}")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------
+# Sampling and the functions eval.py calls (the same in every method file)
+# ----------------------------------------------------------------------------------------
+
+
+def load_run(run_dir: str, device: str = "cpu") -> common.Run:
+    """A trained run: model in eval mode on `device` and its fitted samplers."""
+    checkpoint = common.load_checkpoint(run_dir)
+    model = DAE(Args(**checkpoint["args"]), *checkpoint["data_shape"])
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    samplers = common.samplers_from_state(checkpoint["samplers"])
+    return common.Run(model, checkpoint["args"], samplers, Path(run_dir))
+
+
+@torch.no_grad()
+def encode(run: common.Run, images: torch.Tensor) -> torch.Tensor:
+    """Images [B, C, H, W] in [0, 1] -> codes [B, d]."""
+    return run.model.encoder(images)
+
+
+@torch.no_grad()
+def decode(run: common.Run, codes: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Codes [B, d] -> images [B, C, H, W] in [0, 1], in batches."""
+    return torch.cat([torch.sigmoid(run.model.decoder(z)).float()
+                      for z in codes.split(batch_size)])
+
+
+def sample(run: common.Run, n: int, sampler: str = "gmm", seed: int = 0) -> torch.Tensor:
+    """n new images [n, C, H, W] in [0, 1]: codes from an ex-post density, decoded."""
+    if sampler not in run.samplers:
+        raise common.UserError(f"{run.folder} has no '{sampler}' sampler (it has "
+                               f"{sorted(run.samplers) or 'none: finish training first'})")
+    device = next(run.model.parameters()).device
+    return decode(run, run.samplers[sampler].sample(n, seed).to(device))
+
+
+def main(args: Args, given: set):
+    train(args, given)
+
+
+if __name__ == "__main__":
+    common.cli(main, Args, __doc__)

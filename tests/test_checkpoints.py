@@ -1,0 +1,93 @@
+"""Atomic checkpoints, safe loading, and resume giving the same weights."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import common
+from conftest import ROOT, run_script
+
+TINY = ["--filters", "4", "--latent-dim", "4", "--batch-size", "32", "--gmm-components", "2",
+        "--device", "cpu"]
+
+
+def test_crash_during_a_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / common.CHECKPOINT
+    common.atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def crash_half_way(obj, file, *args, **kwargs):
+        with open(file, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_half_way)
+    with pytest.raises(OSError):
+        common.atomic_save({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    state = common.load_checkpoint(tmp_path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+def test_unreadable_or_missing_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(common.UserError, match="has no checkpoint.pt"):
+        common.load_checkpoint(tmp_path)
+    (tmp_path / common.CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(common.UserError, match="could not be read"):
+        common.load_checkpoint(tmp_path)
+
+
+def only_run(out_dir):
+    (folder,) = out_dir.iterdir()
+    return folder
+
+
+def assert_same_weights(a, b):
+    for state_a, state_b in ((a["model"], b["model"]), (a["samplers"], b["samplers"])):
+        assert state_a.keys() == state_b.keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["samplers"]["gmm"]["means"], b["samplers"]["gmm"]["means"])
+
+
+def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path):
+    data = ["--dataset", "fake", *TINY, "--noise-std", "0.1"]  # noise: the RNG state matters
+    full = run_script("dae.py", *data, "--epochs", "2", "--out-dir", tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+    half = run_script("dae.py", *data, "--epochs", "1", "--out-dir", tmp_path / "half")
+    assert half.returncode == 0, half.stderr
+    folder = only_run(tmp_path / "half")
+    resumed = run_script("dae.py", "--resume", folder, "--epochs", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    a = common.load_checkpoint(only_run(tmp_path / "full"))
+    b = common.load_checkpoint(folder)
+    assert a["epoch"] == b["epoch"] == 1
+    assert_same_weights(a, b)
+    assert len((folder / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_killed_mid_epoch_and_resumed_ends_like_uninterrupted(tmp_path):
+    data = ["--dataset", "digits", *TINY, "--epochs", "3"]
+    uninterrupted = run_script("dae.py", *data, "--out-dir", tmp_path / "a")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+
+    process = subprocess.Popen([sys.executable, "dae.py", *data, "--out-dir", tmp_path / "b"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((tmp_path / "b").glob("*/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the second epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    folder = only_run(tmp_path / "b")
+    assert common.load_checkpoint(folder)["epoch"] == 0  # killed during epoch 2
+    resumed = run_script("dae.py", "--resume", folder)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(common.load_checkpoint(only_run(tmp_path / "a")),
+                        common.load_checkpoint(folder))
+    epochs = [json.loads(line)["epoch"] for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]

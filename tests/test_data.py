@@ -1,0 +1,134 @@
+"""Data loaders and the on-device batches of common.py, on files the tests write."""
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import common
+
+
+def write_image(path, size, colour, centre=None):
+    """An RGB image of `colour`; optionally a centred square of side centre[0] in centre[1]."""
+    w, h = size
+    pixels = np.zeros((h, w, 3), np.uint8) + np.array(colour, np.uint8)
+    if centre:
+        side, inner = centre
+        top, left = (h - side) // 2, (w - side) // 2
+        pixels[top:top + side, left:left + side] = inner
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_folder_with_splits(tmp_path):
+    for split, n in (("train", 5), ("test", 3)):
+        for i in range(n):
+            write_image(tmp_path / split / "cls" / f"{i}.png", (40, 48), (10 * i, 200, 30))
+    train = common.load_images("folder", tmp_path, "train")
+    test = common.load_images("folder", tmp_path, "test", image_size=16)
+    assert train.shape == (5, 3, 32, 32) and train.dtype == torch.uint8
+    assert test.shape == (3, 3, 16, 16)
+    assert train[2, :, 10, 10].tolist() == [20, 200, 30]  # a flat colour survives resizing
+
+
+def test_flat_folder_holds_out_every_tenth(tmp_path):
+    for i in range(20):
+        write_image(tmp_path / "a" / f"{i:02d}.png", (32, 32), (i, i, i))
+    train = common.load_images("folder", tmp_path, "train")
+    test = common.load_images("folder", tmp_path, "test")
+    assert len(train) == 18 and len(test) == 2
+    assert sorted(test[:, 0, 0, 0].tolist()) == [9, 19]
+
+
+def test_celeba_as_folder_split_and_crop(tmp_path):
+    # CelebA-shaped 178x218 images whose central 140x140 is red, the rest blue.
+    names = ["000001", "000002", "162771", "182637", "182638", "202599"]
+    for name in names:
+        write_image(tmp_path / "img_align_celeba" / f"{name}.jpg", (178, 218), (0, 0, 255),
+                    centre=(140, (255, 0, 0)))
+    train = common.load_images("celeba", tmp_path, "train")  # crop 140 -> 64 by default
+    test = common.load_images("celeba", tmp_path, "test")
+    assert train.shape == (4, 3, 64, 64) and test.shape == (2, 3, 64, 64)
+    red, blue = train[:, 0].float().mean(), train[:, 2].float().mean()
+    assert red > 240 and blue < 15  # only the central crop is left
+    small = common.load_images("celeba", tmp_path, "test", image_size=32, crop=160)
+    assert small.shape == (2, 3, 32, 32)
+    assert small[:, 2].float().mean() > 20  # the 160 crop keeps some of the blue border
+
+
+def test_cache_is_used_and_refreshed(tmp_path, monkeypatch):
+    for i in range(4):
+        write_image(tmp_path / "x" / f"{i}.png", (32, 32), (i, 0, 0))
+    first = common.load_images("folder", tmp_path, "train")
+    assert len(list(tmp_path.glob(".cache-folder-train-*.pt"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(Image, "open", no_decoding)
+    assert torch.equal(common.load_images("folder", tmp_path, "train"), first)
+    monkeypatch.undo()
+    write_image(tmp_path / "x" / "9.png", (32, 32), (99, 0, 0))  # the data changed
+    assert len(common.load_images("folder", tmp_path, "train")) == len(first) + 1
+
+
+def test_digits():
+    train = common.load_images("digits", "", "train")
+    test = common.load_images("digits", "", "test")
+    assert train.shape == (1500, 1, 32, 32) and test.shape == (297, 1, 32, 32)
+    assert train.dtype == torch.uint8 and train.max() == 255 and train.min() == 0
+
+
+def test_fake_is_deterministic():
+    a = common.load_images("fake", "", "train")
+    assert a.shape == (256, 3, 32, 32)
+    assert torch.equal(a, common.load_images("fake", "", "train"))
+    assert not torch.equal(a[:64], common.load_images("fake", "", "test"))
+    assert common.load_images("fake", "", "test", image_size=64).shape == (64, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name, folder", [("cifar10", "cifar-10-batches-py"),
+                                          ("mnist", "MNIST/raw")])
+def test_torchvision_sets_offline_give_clear_error(name, folder, tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(common.UserError) as error:
+        common.load_images(name, tmp_path, "train")
+    message = str(error.value)
+    assert "--data-root" in message and str(tmp_path / folder) in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_missing_or_empty_folder(tmp_path, make):
+    root = tmp_path / "data"
+    if make == "empty":
+        root.mkdir()
+    with pytest.raises(common.UserError, match="data folder"):
+        common.load_images("folder", root, "train")
+
+
+def test_batches_cover_the_epoch_once_and_repeat_by_seed():
+    images = torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1).expand(12, 1, 2, 2)
+    epoch = list(common.batches(images, 4, seed=3, epoch=0))
+    assert len(epoch) == 3 and all(b.shape == (4, 1, 2, 2) for b in epoch)
+    seen = torch.cat(epoch)[:, 0, 0, 0] * 255
+    assert sorted(seen.round().long().tolist()) == list(range(12))
+    again = torch.cat(list(common.batches(images, 4, seed=3, epoch=0)))
+    other = torch.cat(list(common.batches(images, 4, seed=3, epoch=1)))
+    assert torch.equal(torch.cat(epoch), again) and not torch.equal(again, other)
+    assert len(list(common.batches(images, 5, seed=0, epoch=0))) == 2  # last partial dropped
+
+
+def test_batch_flip_mirrors_some_images():
+    images = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8)
+    plain = torch.cat(list(common.batches(images, 16, seed=1, epoch=0)))
+    flipped = torch.cat(list(common.batches(images, 16, seed=1, epoch=0, flip=True)))
+    same = (plain == flipped).flatten(1).all(1)
+    mirrored = (plain.flip(3) == flipped).flatten(1).all(1)
+    assert (same | mirrored).all()
+    assert 10 < mirrored.sum() < 54 and 0.0 <= flipped.min() and flipped.max() <= 1.0

@@ -1,0 +1,75 @@
+"""Ex-post latent samplers of common.py: N(0, I), MVG and GMM."""
+import torch
+
+import common
+
+
+def correlated_codes(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [-1.0, 0.3, 0.2]])
+    return torch.randn(n, 3, generator=g) @ mixing.T + torch.tensor([1.0, -2.0, 3.0])
+
+
+def test_mvg_reproduces_mean_and_covariance():
+    codes = correlated_codes(5000)
+    mvg = common.fit_samplers(codes, gmm_components=2)["mvg"]
+    z = mvg.sample(100_000, seed=1)
+    assert z.shape == (100_000, 3) and z.dtype == torch.float32
+    assert torch.allclose(z.mean(0).double(), codes.double().mean(0), atol=0.03)
+    assert torch.allclose(torch.cov(z.T.double()), torch.cov(codes.T.double()), atol=0.05)
+
+
+def test_normal_is_standard():
+    z = common.fit_samplers(correlated_codes(500), gmm_components=1)["normal"].sample(50_000)
+    assert torch.allclose(z.mean(0), torch.zeros(3), atol=0.03)
+    assert torch.allclose(torch.cov(z.T), torch.eye(3), atol=0.03)
+
+
+def three_clusters(n):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[10.0, 0.0], [-10.0, 0.0], [0.0, 10.0]])
+    labels = torch.multinomial(torch.tensor([0.5, 0.3, 0.2]), n, True, generator=g)
+    return centres[labels] + 0.5 * torch.randn(n, 2, generator=g), centres
+
+
+def test_gmm_round_trip_and_shuffled_samples():
+    codes, centres = three_clusters(3000)
+    gmm = common.fit_samplers(codes, seed=0, gmm_components=3)["gmm"]
+    z = gmm.sample(20_000, seed=2)
+    nearest = torch.cdist(z, centres).argmin(1)
+    fractions = torch.bincount(nearest, minlength=3).float() / len(z)
+    assert torch.allclose(fractions, torch.tensor([0.5, 0.3, 0.2]), atol=0.02)
+    for k in range(3):
+        assert torch.allclose(z[nearest == k].mean(0), centres[k], atol=0.05)
+        assert torch.allclose(z[nearest == k].std(0), torch.full((2,), 0.5), atol=0.03)
+    # Not grouped by component: the first 30 samples already visit every cluster.
+    assert len(set(nearest[:30].tolist())) == 3
+
+
+def test_same_seed_same_samples():
+    samplers = common.fit_samplers(correlated_codes(500), gmm_components=2)
+    for sampler in samplers.values():
+        assert torch.equal(sampler.sample(10, seed=5), sampler.sample(10, seed=5))
+        assert not torch.equal(sampler.sample(10, seed=5), sampler.sample(10, seed=6))
+
+
+def test_rank_deficient_codes_do_not_crash():
+    base = torch.randn(400, 2)
+    codes = torch.cat([base, base[:, :1], torch.zeros(400, 1)], 1)  # rank 2 of 4
+    samplers = common.fit_samplers(codes, gmm_components=10)
+    for name, sampler in samplers.items():
+        z = sampler.sample(1000, seed=0)
+        assert torch.isfinite(z).all(), name
+    z = samplers["mvg"].sample(1000)
+    assert torch.allclose(z[:, 0], z[:, 2], atol=1e-4)  # the degenerate direction is kept
+    assert z[:, 3].abs().max() < 1e-4
+
+
+def test_state_survives_a_safe_checkpoint(tmp_path):
+    samplers = common.fit_samplers(correlated_codes(500), gmm_components=2)
+    common.atomic_save({"samplers": {k: s.state_dict() for k, s in samplers.items()}},
+                       tmp_path / "c.pt")
+    stored = torch.load(tmp_path / "c.pt", weights_only=True)["samplers"]
+    restored = common.samplers_from_state(stored)
+    for name in samplers:
+        assert torch.equal(restored[name].sample(50, 3), samplers[name].sample(50, 3))
