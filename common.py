@@ -5,7 +5,7 @@ Contents, in reading order:
   2. data: cifar10 / mnist / celeba / folder / digits / fake as uint8 NCHW tensors, batches
   3. backbone of Tolstikhin et al. 2018 / Ghosh et al. 2020 (used by DAE, VAE, RAE, EAE)
   4. latent samplers fitted ex post on the codes: N(0, I), MVG, GMM
-  5. run utilities: seeding, device, run folder, log, grids, EMA, atomic checkpoints
+  5. run utilities: device, RNG state, run folder, log, grids, atomic checkpoints, resume
   6. GPU evaluation helpers (FID / IS): see the placeholder at the end
 
 Images that cross a file boundary are float NCHW tensors in [0, 1].
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -29,9 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ----------------------------------------------------------------------------------------
-# 1. Command line
-# ----------------------------------------------------------------------------------------
+# 1. Command line -------------------------------------------------------------------------
 
 
 class UserError(Exception):
@@ -110,9 +107,7 @@ def cli(main, args_cls, doc: str | None):
         sys.exit(130)
 
 
-# ----------------------------------------------------------------------------------------
-# 2. Data: decode once into uint8 [N, C, H, W]; batch on the training device
-# ----------------------------------------------------------------------------------------
+# 2. Data: decode once into uint8 [N, C, H, W]; batch on the training device --------------
 
 DATASETS = ("cifar10", "mnist", "celeba", "folder", "digits", "fake")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
@@ -122,14 +117,9 @@ DEFAULT_CROP = {"celeba": 140}
 CELEBA_TEST_FROM = 182638  # standard partition: 1-162770 train, -182637 valid, rest test
 
 
-def default_size(name: str, image_size: int = 0, crop: int = 0) -> tuple[int, int]:
-    """(image size, centre crop) for a data set, the given values winning over defaults."""
-    return image_size or DEFAULT_SIZE.get(name, 32), crop or DEFAULT_CROP.get(name, 0)
-
-
 def load_images(name: str, root: str, split: str, image_size: int = 0, crop: int = 0):
     """A whole split as one uint8 tensor [N, C, H, W] on the CPU."""
-    image_size, crop = default_size(name, image_size, crop)
+    image_size, crop = image_size or DEFAULT_SIZE.get(name, 32), crop or DEFAULT_CROP.get(name, 0)
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, not {split}")
     if name == "cifar10":
@@ -157,9 +147,13 @@ def _torchvision_set(cls_name: str, root: str, split: str, expected: str) -> tor
     except (OSError, RuntimeError) as error:  # no network, or a broken partial download
         raise UserError(
             f"{cls_name} is not in {Path(root) / expected} and could not be downloaded "
-            f"({type(error).__name__}); put it there or pass --data-root") from None
+            f"({_first_line(error)}); put it there or pass --data-root") from None
     images = torch.as_tensor(dataset.data)  # [N, H, W, C] (CIFAR) or [N, H, W] (MNIST)
     return images.permute(0, 3, 1, 2).contiguous() if images.ndim == 4 else images[:, None]
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -199,7 +193,7 @@ def _celeba(root: str, split: str, image_size: int, crop: int) -> torch.Tensor:
         except (OSError, RuntimeError) as error:
             raise UserError(
                 f"CelebA is not in {root_path / 'celeba' / 'img_align_celeba'} and could not "
-                f"be downloaded ({type(error).__name__}); put it there or pass --data-root"
+                f"be downloaded ({_first_line(error)}); put it there or pass --data-root"
             ) from None
         image_dir = root_path / "celeba" / "img_align_celeba"
     files = _image_files(image_dir)
@@ -280,9 +274,7 @@ def batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, flip: 
         yield x  # [B, C, H, W]
 
 
-# ----------------------------------------------------------------------------------------
-# 3. Backbone of Tolstikhin et al. (2018) / Ghosh et al. (2020)
-# ----------------------------------------------------------------------------------------
+# 3. Backbone of Tolstikhin et al. (2018) / Ghosh et al. (2020) ---------------------------
 
 LATENT_NORMS = ("none", "bn", "bn-noaffine", "ln", "sn")  # sn: spectral norm, latent layer
 SPECTRAL_NORMS = ("none", "decoder", "all")
@@ -410,9 +402,7 @@ class Decoder(nn.Module):
         return self.convs(h)  # [B, C, S, S] logits
 
 
-# ----------------------------------------------------------------------------------------
-# 4. Latent samplers: fitted on the codes after training (ex-post density estimation)
-# ----------------------------------------------------------------------------------------
+# 4. Latent samplers: fitted on the codes after training (ex-post density estimation) -----
 
 
 class LatentSampler:
@@ -464,16 +454,7 @@ def samplers_from_state(states: dict) -> dict:
     return {name: LatentSampler(**state) for name, state in states.items()}
 
 
-# ----------------------------------------------------------------------------------------
-# 5. Run utilities
-# ----------------------------------------------------------------------------------------
-
-
-def seed_everything(seed: int):
-    import random
-
-    random.seed(seed)
-    torch.manual_seed(seed)  # CPU and every CUDA device
+# 5. Run utilities ------------------------------------------------------------------------
 
 
 def pick_device(name: str) -> torch.device:
@@ -534,20 +515,6 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8):
 
     torchvision.utils.save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=nrow,
                                  padding=1, pad_value=1.0)
-
-
-class EMA:
-    """Exponential moving average of a model's weights (buffers copied as they are)."""
-
-    def __init__(self, model: nn.Module):
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, decay: float):
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - decay)  # ema = decay * ema + (1 - decay) * p
-        for ema_b, b in zip(self.model.buffers(), model.buffers()):
-            ema_b.copy_(b)
 
 
 def atomic_save(obj, path: Path):

@@ -91,3 +91,14 @@ def test_killed_mid_epoch_and_resumed_ends_like_uninterrupted(tmp_path):
                         common.load_checkpoint(folder))
     epochs = [json.loads(line)["epoch"] for line in (folder / "log.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path):
+    # Epoch 1 is the warm-up at 1e-4; epoch 2 runs at lr 1e28 and the loss turns NaN.
+    result = run_script("dae.py", "--dataset", "fake", *TINY, "--epochs", "2", "--lr", "1e30",
+                        "--out-dir", tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the loss became nan in epoch 2" in result.stderr
+    state = common.load_checkpoint(only_run(tmp_path))
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

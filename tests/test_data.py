@@ -90,6 +90,7 @@ def test_fake_is_deterministic():
 
 
 @pytest.mark.parametrize("name, folder", [("cifar10", "cifar-10-batches-py"),
+                                          ("celeba", "celeba/img_align_celeba"),
                                           ("mnist", "MNIST/raw")])
 def test_torchvision_sets_offline_give_clear_error(name, folder, tmp_path, monkeypatch):
     def offline(*args, **kwargs):
