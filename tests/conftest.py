@@ -1,31 +1,23 @@
 """Shared test set-up: the repository on sys.path, no network, a helper to run a script."""
+import importlib.util
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = Path(__file__).resolve().parent / "offline"
 sys.path.insert(0, str(ROOT))
 
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any attempt to reach another machine fails at once: the suite never downloads."""
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        if self.family == socket.AF_UNIX or str(address[0]).startswith(("127.", "::1")):
-            return real_connect(self, address)
-        raise OSError(f"tests run offline: refused connection to {address}")
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+# Block the network in this process too (the same file guards the subprocesses).
+_spec = importlib.util.spec_from_file_location("offline_guard", OFFLINE / "sitecustomize.py")
+_spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
 
 def run_script(*argv, timeout=600):
-    """Run a method file as a user would; returns the CompletedProcess (text output)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    """Run a script as a user would, offline; returns the CompletedProcess (text output)."""
+    path = os.pathsep.join(filter(None, [str(OFFLINE), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": path}
     return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)

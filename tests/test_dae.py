@@ -87,3 +87,10 @@ def test_missing_and_empty_data_folder(tmp_path):
 
 def test_resume_without_checkpoint(tmp_path):
     assert_one_line_error(run_script("dae.py", "--resume", tmp_path), "no checkpoint.pt")
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_torchvision_data_missing_offline(dataset, tmp_path):
+    result = run_script("dae.py", "--dataset", dataset, "--data-root", tmp_path / "data")
+    assert_one_line_error(result, "could not be downloaded", "--data-root",
+                          str(tmp_path / "data"))
