@@ -6,7 +6,7 @@ Contents, in reading order:
   3. backbone of Tolstikhin et al. 2018 / Ghosh et al. 2020 (used by DAE, VAE, RAE, EAE)
   4. latent samplers fitted ex post on the codes: N(0, I), MVG, GMM
   5. run utilities: device, RNG state, run folder, log, grids, atomic checkpoints, resume
-  6. GPU evaluation helpers (FID / IS): see the placeholder at the end
+  6. GPU evaluation helpers: Inception features, FID, IS, precision / recall
 
 Images that cross a file boundary are float NCHW tensors in [0, 1].
 """
@@ -37,9 +37,10 @@ class UserError(Exception):
     exit_code = 2
 
 
-def arg(default, help: str, choices=None, low=None):
-    """A dataclass field that becomes `--flag` with this one-line help (and allowed values)."""
-    meta = {"help": help, "choices": choices, "low": low}
+def arg(default, help: str, choices=None, low=None, positional=False):
+    """A dataclass field that becomes `--flag` (or an optional positional argument) with
+    this one-line help (and allowed values)."""
+    meta = {"help": help, "choices": choices, "low": low, "positional": positional}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -77,7 +78,10 @@ def build_parser(args_cls, description: str | None = None) -> argparse.ArgumentP
             options["choices"] = meta.get("choices")
             if typing.get_origin(kind) is list:
                 options["nargs"] = "+"
-        parser.add_argument("--" + f.name.replace("_", "-"), **options)
+        if meta.get("positional"):
+            parser.add_argument(f.name, nargs="?", **options)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), **options)
     return parser
 
 
@@ -589,8 +593,104 @@ class Run(typing.NamedTuple):
     folder: Path
 
 
-# ----------------------------------------------------------------------------------------
-# 6. GPU evaluation helpers (FID, IS, precision/recall): filled in by the eval.py issue.
-#    Inception features from [0, 1] images, Frechet distance, Inception Score and
-#    improved precision/recall go here so that method files and eval.py share them.
-# ----------------------------------------------------------------------------------------
+# 6. GPU evaluation helpers: Inception features, FID, IS, precision / recall --------------
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's port of the TF graph
+
+
+class Inception(nn.Module):
+    """pytorch-fid's FID Inception network (resizes to 299 bilinearly, scales to [-1, 1]).
+    One pass gives the 2048-d pool3 features (FID, precision / recall) and the 1008 logits
+    for IS, pool3 @ fc.weight^T without the bias, as torch-fidelity computes them."""
+
+    def __init__(self):
+        super().__init__()
+        from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3, load_state_dict_from_url
+
+        try:
+            self.net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+            fc_weight = load_state_dict_from_url(FID_WEIGHTS_URL, progress=False)["fc.weight"]
+        except (OSError, RuntimeError) as error:
+            folder = Path(torch.hub.get_dir()) / "checkpoints"
+            raise UserError(f"the Inception weights {INCEPTION_FILE} are not in {folder} and "
+                            f"could not be downloaded ({_first_line(error)}); put the file "
+                            f"there (from {FID_WEIGHTS_URL})") from None
+        self.register_buffer("fc_weight", fc_weight)  # [1008, 2048]
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor):
+        x = (images.float().clamp(0, 1) * 255).round() / 255  # 8 bits, as a PNG round trip
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # grey -> RGB
+        with torch.autocast(x.device.type, enabled=False):
+            pool = self.net(x)[0].flatten(1)  # [B, 2048], fp32
+        return pool.double(), (pool @ self.fc_weight.T).double()  # [B, 2048], [B, 1008]
+
+
+def inception_outputs(net: Inception, batches, total: int | None = None, desc: str = ""):
+    """pool3 features [N, 2048] and IS logits [N, 1008] (float64, CPU) of an iterable of
+    image batches in [0, 1], computed in fp32 with TF32 off."""
+    from tqdm import tqdm
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    device = net.fc_weight.device
+    features, logits = [], []
+    try:
+        for x in tqdm(batches, total=total, desc=desc, leave=False, mininterval=2):
+            pool, logit = net(x.to(device))
+            features.append(pool.cpu())
+            logits.append(logit.cpu())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return torch.cat(features), torch.cat(logits)
+
+
+def gaussian_stats(features: torch.Tensor):
+    """Mean and covariance (float64, unbiased as numpy's np.cov) of features [N, D]."""
+    if len(features) < 2:
+        raise UserError(f"a covariance needs at least 2 samples, got {len(features)}")
+    features = features.double()
+    return features.mean(0), torch.cov(features.T)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), in float64.
+    tr((S1 S2)^(1/2)) = sum sqrt(eig(A S2 A)) with A = S1^(1/2): A S2 A is symmetric with the
+    eigenvalues of S1 S2, so two symmetric eigendecompositions replace scipy's sqrtm."""
+    mu1, sigma1, mu2, sigma2 = (torch.as_tensor(t, dtype=torch.float64)
+                                for t in (mu1, sigma1, mu2, sigma2))
+    eigvals, eigvecs = torch.linalg.eigh(sigma1)
+    root1 = (eigvecs * eigvals.clamp(min=0).sqrt()) @ eigvecs.T  # S1^(1/2)
+    middle = root1 @ sigma2 @ root1
+    trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    diff = mu1 - mu2
+    return (diff @ diff + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt).item()
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))) on each of `splits` parts in order: (mean, std)."""
+    scores = []
+    for part in logits.double().chunk(splits):
+        log_p = torch.log_softmax(part, 1)  # log p(y|x), [n, K]
+        log_py = torch.logsumexp(log_p, 0) - math.log(len(part))  # log p(y), [K]
+        kl = (log_p.exp() * (log_p - log_py)).sum(1).mean()
+        scores.append(kl.exp())
+    scores = torch.stack(scores)
+    return scores.mean().item(), scores.std(unbiased=False).item()
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, batch: int = 1000):
+    """Improved precision and recall (Kynkaanniemi et al. 2019): the fraction of fake
+    features inside the k-NN balls of the real ones, and of real inside the fake balls."""
+
+    def radii(x):  # distance of each point to its k-th nearest neighbour in its own set
+        return torch.cat([torch.cdist(x[i:i + batch], x).kthvalue(k + 1, 1).values
+                          for i in range(0, len(x), batch)])
+
+    def covered(points, centres, centre_radii):
+        return torch.cat([(torch.cdist(points[i:i + batch], centres) <= centre_radii).any(1)
+                          for i in range(0, len(points), batch)]).double().mean().item()
+
+    real, fake = real.float(), fake.float()
+    return covered(fake, real, radii(real)), covered(real, fake, radii(fake))

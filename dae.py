@@ -74,12 +74,18 @@ from tqdm import tqdm
 import common
 from common import arg
 
-# Paper's FID figures (Table 2 / 3) for eval.py to print beside ours: {(dataset, f, d): ...}
+# The paper's FIDs (Tables 2, 3; test-set reference, 10,000 samples), which eval.py prints
+# beside ours: {(data set, filters, depth, latent units, latent norm): {column: FID}}.
 PAPER_FID = {
-    ("cifar10", 128, 128): {"rec": 45.21, "normal": 282.3, "mvg": 82.49, "gmm": 73.78},
-    ("cifar10", 128, 144): {"rec": 40.31, "normal": 428.6, "mvg": 81.62, "gmm": 72.82},
-    ("cifar10", 128, 96): {"mvg": 77.10, "gmm": 67.32},  # depths [3, 3, 2, 1]
-    ("celeba", 128, 64): {"rec": 31.85, "normal": 426.9, "mvg": 46.96, "gmm": 39.10},
+    ("cifar10", 128, (1,), 128, "none"): {"rec": 45.21, "normal": 282.3, "mvg": 82.49,
+                                          "gmm": 73.78},
+    ("cifar10", 128, (1,), 128, "bn"): {"rec": 45.24, "normal": 94.14, "mvg": 82.64,
+                                        "gmm": 73.05},
+    ("cifar10", 128, (1,), 144, "none"): {"rec": 40.31, "normal": 428.6, "mvg": 81.62,
+                                          "gmm": 72.82},
+    ("cifar10", 128, (3, 3, 2, 1), 96, "none"): {"mvg": 77.10, "gmm": 67.32},
+    ("celeba", 128, (1,), 64, "none"): {"rec": 31.85, "normal": 426.9, "mvg": 46.96,
+                                        "gmm": 39.10},
 }
 
 
@@ -216,7 +222,8 @@ def train(args: Args, given: set):
             reconstructions = torch.sigmoid(model(test_images.float() / 255)[0])
         common.save_reconstructions(test_images.float() / 255, reconstructions,
                                     folder / "reconstructions.png")
-        state = {"args": dataclasses.asdict(args), "data_shape": [channels, image_size],
+        state = {"method": "dae", "args": dataclasses.asdict(args),
+                 "data_shape": [channels, image_size],
                  "epoch": epoch, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "rng": common.rng_state(), "samplers": {}}
         common.atomic_save(state, folder / common.CHECKPOINT)
@@ -272,6 +279,13 @@ def sample(run: common.Run, n: int, sampler: str = "gmm", seed: int = 0) -> torc
                                f"{sorted(run.samplers) or 'none: finish training first'})")
     device = next(run.model.parameters()).device
     return decode(run, run.samplers[sampler].sample(n, seed).to(device))
+
+
+def paper_fid(args: dict) -> dict:
+    """The paper's FID for this run's setting, by column (empty if it reports none)."""
+    depth = tuple(args["depth"]) if len(set(args["depth"])) > 1 else tuple(args["depth"][:1])
+    key = (args["dataset"], args["filters"], depth, args["latent_dim"], args["latent_norm"])
+    return PAPER_FID.get(key, {})
 
 
 def main(args: Args, given: set):

@@ -1,0 +1,31 @@
+"""Stand-ins for downloads the tests and the benchmark cannot make offline."""
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+
+def write_random_inception(torch_home: Path, seed: int = 0) -> Path:
+    """Random FID-Inception weights under pytorch-fid's file name in TORCH_HOME, where its
+    real loader looks; returns the file. Only the values are fake: the architecture and
+    the loading code are pytorch-fid's own."""
+    from pytorch_fid import inception
+
+    import common
+
+    torch.manual_seed(seed)
+    with mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(torch.nn.Module, "load_state_dict", lambda *a, **k: None):
+        net = inception.fid_inception_v3()  # the architecture, left at its random init
+    # Random weights make the activations vanish (~1e-8) through 90 layers; batch-norm
+    # statistics of one batch of noise bring every layer back to unit scale, so that
+    # features have a sensible size.
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        net.train()(torch.rand(16, 3, 299, 299) * 2 - 1)
+    path = Path(torch_home) / "hub" / "checkpoints" / common.INCEPTION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
