@@ -47,8 +47,8 @@ class Args:
     num_samples: int = arg(10000, "generated images per sampler (and REC / Interp)", low=2)
     ref: str = arg("test", "reference split for FID and precision / recall",
                    choices=("test", "train"))
-    samplers: list[str] = arg([], "samplers to evaluate (default: all the run offers)")
-    data_root: str = arg("", "data folder for the reference images (default: the run's)")
+    samplers: list[str] = arg([], "samplers to evaluate; [] means all the run offers")
+    data_root: str = arg("", "data folder of the reference images; empty: the run's own")
     batch_size: int = arg(250, "images per generation / Inception batch", low=1)
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     seed: int = arg(0, "seed of the samples and of the test pairs")
