@@ -558,6 +558,61 @@ def resume(args, given: set):
     return type(args)(**{**stored, "resume": args.resume}), checkpoint
 
 
+def start(args, given: set):
+    """The opening of every training run: --resume, device, seed, data on the device.
+    Returns (args, checkpoint or None, device, training images, 64 test images), images
+    as uint8 [N, C, H, W]."""
+    checkpoint = None
+    if args.resume:
+        args, checkpoint = resume(args, given)
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)  # CPU and CUDA
+    load = lambda split: load_images(args.dataset, args.data_root, split, args.image_size,  # noqa
+                                     args.crop)
+    train_images, test_images = load("train").to(device), load("test")[:64].to(device)
+    if args.batch_size > len(train_images):
+        raise UserError(f"--batch-size {args.batch_size} is larger than the "
+                        f"{len(train_images)} training images")
+    return args, checkpoint, device, train_images, test_images
+
+
+def open_run(method: str, args, checkpoint, model: nn.Module, optimizer) -> tuple[Path, int]:
+    """A new run folder, or the resumed run's folder with its model, optimizer and RNG
+    state restored. Returns (folder, first epoch to train)."""
+    if checkpoint is None:
+        folder, start_epoch = new_run_folder(args.out_dir, method, args.dataset, args), 0
+    else:
+        folder, start_epoch = Path(args.resume), checkpoint["epoch"] + 1
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"])
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"run folder {folder}; {n_params:.2f}M parameters; "
+          f"{next(model.parameters()).device}")
+    return folder, start_epoch
+
+
+def save_epoch(folder: Path, method: str, args, epoch: int, model, optimizer,
+               data_shape) -> dict:
+    """The end-of-epoch checkpoint (atomic); returns what it holds."""
+    state = {"method": method, "args": dataclasses.asdict(args), "data_shape": list(data_shape),
+             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "rng": rng_state(), "samplers": {}}
+    atomic_save(state, folder / CHECKPOINT)
+    return state
+
+
+def fit_ex_post(state: dict, encoder, train_images: torch.Tensor, folder: Path, seed: int,
+                gmm_components: int) -> dict:
+    """After training: encode the training set (eval-mode BN), fit N(0, I), MVG and GMM,
+    store them in the checkpoint. Returns the samplers."""
+    print("encoding the training set and fitting N(0, I), MVG and GMM ...")
+    samplers = fit_samplers(encode_all(encoder, train_images), seed, gmm_components)
+    state["samplers"] = {name: s.state_dict() for name, s in samplers.items()}
+    atomic_save(state, folder / CHECKPOINT)
+    return samplers
+
+
 def stop_if_diverged(loss: float, epoch: int, folder: Path):
     if not math.isfinite(loss):
         raise UserError(f"the loss became {loss} in epoch {epoch + 1}; the checkpoint of the "

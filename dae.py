@@ -61,7 +61,6 @@ Deviations and choices:
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,40 +158,17 @@ def learning_rate(args: Args, epoch: int) -> float:
 
 
 def train(args: Args, given: set):
-    checkpoint = None
-    if args.resume:
-        args, checkpoint = common.resume(args, given)
-    device = common.pick_device(args.device)
-    torch.manual_seed(args.seed)  # CPU and CUDA
-    train_images = common.load_images(args.dataset, args.data_root, "train",
-                                      args.image_size, args.crop).to(device)
-    test_images = common.load_images(args.dataset, args.data_root, "test",
-                                     args.image_size, args.crop)[:64].to(device)
-    channels, image_size = train_images.shape[1], train_images.shape[-1]
-    if args.batch_size > len(train_images):
-        raise common.UserError(f"--batch-size {args.batch_size} is larger than the "
-                               f"{len(train_images)} training images")
-
-    model = DAE(args, channels, image_size).to(device)
+    args, checkpoint, device, train_images, test_images = common.start(args, given)
+    data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
+    model = DAE(args, *data_shape).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
-    start_epoch = 0
-    if checkpoint is None:
-        folder = common.new_run_folder(args.out_dir, "dae", args.dataset, args)
-    else:
-        folder = Path(args.resume)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        common.set_rng_state(checkpoint["rng"])
-        start_epoch = checkpoint["epoch"] + 1
+    folder, start_epoch = common.open_run("dae", args, checkpoint, model, optimizer)
     forward = torch.compile(model) if args.compile else model
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"run folder {folder}; {len(train_images)} training images {channels}x{image_size}"
-          f"x{image_size}; {n_params / 1e6:.2f}M parameters; {device}")
 
     steps = len(train_images) // args.batch_size
-    state = {}
+    state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
         lr = learning_rate(args, epoch)
         for group in optimizer.param_groups:
@@ -222,21 +198,12 @@ def train(args: Args, given: set):
             reconstructions = torch.sigmoid(model(test_images.float() / 255)[0])
         common.save_reconstructions(test_images.float() / 255, reconstructions,
                                     folder / "reconstructions.png")
-        state = {"method": "dae", "args": dataclasses.asdict(args),
-                 "data_shape": [channels, image_size],
-                 "epoch": epoch, "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "rng": common.rng_state(), "samplers": {}}
-        common.atomic_save(state, folder / common.CHECKPOINT)
+        state = common.save_epoch(folder, "dae", args, epoch, model, optimizer, data_shape)
 
-    # Ex-post density estimation on the codes of the whole training set (eval-mode BN).
+    # Ex-post density estimation on the codes of the whole training set.
     model.eval()
-    if not state:  # resumed a run that had finished all its epochs: refit its samplers
-        state = checkpoint
-    print("encoding the training set and fitting N(0, I), MVG and GMM ...")
-    codes = common.encode_all(model.encoder, train_images)  # [N, d]
-    samplers = common.fit_samplers(codes, args.seed, args.gmm_components)
-    state["samplers"] = {name: s.state_dict() for name, s in samplers.items()}
-    common.atomic_save(state, folder / common.CHECKPOINT)
+    samplers = common.fit_ex_post(state, model.encoder, train_images, folder, args.seed,
+                                  args.gmm_components)
     run = common.Run(model, state["args"], samplers, folder)
     for name in samplers:
         common.save_grid(sample(run, 64, name, seed=args.seed), folder / f"samples_{name}.png")
