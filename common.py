@@ -431,6 +431,11 @@ class LatentSampler:
         return {"weights": self.weights, "means": self.means, "covs": self.covs}
 
 
+def normal_sampler(d: int) -> LatentSampler:
+    """The isotropic prior N(0, I_d)."""
+    return LatentSampler(torch.ones(1), torch.zeros(1, d), torch.eye(d)[None])
+
+
 def fit_samplers(codes: torch.Tensor, seed: int = 0, gmm_components: int = 10) -> dict:
     """N(0, I), MVG (mean and full covariance of the codes) and a GMM (scikit-learn, full
     covariances, max_iter 2000, tol 1e-3 as the RAE code), fitted on codes [N, d]."""
@@ -447,7 +452,7 @@ def fit_samplers(codes: torch.Tensor, seed: int = 0, gmm_components: int = 10) -
         warnings.warn(f"the {gmm_components}-component GMM did not converge in "
                       f"{gmm.n_iter_} iterations; its samples may be poor")
     return {
-        "normal": LatentSampler(one, torch.zeros(1, d), torch.eye(d)[None]),
+        "normal": normal_sampler(d),
         "mvg": LatentSampler(one, codes.mean(0, keepdim=True), torch.cov(codes.T)[None]),
         "gmm": LatentSampler(*(torch.as_tensor(a) for a in
                                (gmm.weights_, gmm.means_, gmm.covariances_))),
@@ -646,6 +651,48 @@ class Run(typing.NamedTuple):
     args: dict
     samplers: dict
     folder: Path
+
+
+# The functions eval.py calls, as the backbone methods (DAE, RAE, EAE) share them: a model
+# with .encoder and .decoder (logits, sigmoid output) and latent samplers.
+
+
+def load_run(run_dir: str, device, build) -> Run:
+    """A trained run: build(args, data_shape) makes the model; weights loaded, eval mode."""
+    checkpoint = load_checkpoint(run_dir)
+    model = build(checkpoint["args"], checkpoint["data_shape"])
+    model.load_state_dict(checkpoint["model"])
+    model.to(device).eval()
+    samplers = samplers_from_state(checkpoint["samplers"])
+    return Run(model, checkpoint["args"], samplers, Path(run_dir))
+
+
+@torch.no_grad()
+def encode(run: Run, images: torch.Tensor) -> torch.Tensor:
+    """Images [B, C, H, W] in [0, 1] -> codes [B, d]."""
+    return run.model.encoder(images)
+
+
+@torch.no_grad()
+def decode(run: Run, codes: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Codes [B, d] -> images [B, C, H, W] in [0, 1], in batches."""
+    return torch.cat([torch.sigmoid(run.model.decoder(z)).float()
+                      for z in codes.split(batch_size)])
+
+
+def sample(run: Run, n: int, sampler: str = "gmm", seed: int = 0) -> torch.Tensor:
+    """n new images [n, C, H, W] in [0, 1]: codes drawn from a latent sampler, decoded."""
+    if sampler not in run.samplers:
+        raise UserError(f"{run.folder} has no '{sampler}' sampler (it has "
+                        f"{sorted(run.samplers) or 'none: finish training first'})")
+    device = next(run.model.parameters()).device
+    return decode(run, run.samplers[sampler].sample(n, seed).to(device))
+
+
+def save_sample_grids(run: Run, seed: int):
+    """samples_<sampler>.png: 64 decoded samples of each sampler of the run."""
+    for name in run.samplers:
+        save_grid(sample(run, 64, name, seed), run.folder / f"samples_{name}.png")
 
 
 # 6. GPU evaluation helpers: Inception features, FID, IS, precision / recall --------------

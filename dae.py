@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -204,48 +203,24 @@ def train(args: Args, given: set):
     model.eval()
     samplers = common.fit_ex_post(state, model.encoder, train_images, folder, args.seed,
                                   args.gmm_components)
-    run = common.Run(model, state["args"], samplers, folder)
-    for name in samplers:
-        common.save_grid(sample(run, 64, name, seed=args.seed), folder / f"samples_{name}.png")
+    common.save_sample_grids(common.Run(model, state["args"], samplers, folder), args.seed)
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
     return folder
 
 
 # ----------------------------------------------------------------------------------------
-# Sampling and the functions eval.py calls (the same in every method file)
+# Sampling, and the functions eval.py calls
 # ----------------------------------------------------------------------------------------
 
 
 def load_run(run_dir: str, device: str = "cpu") -> common.Run:
-    """A trained run: model in eval mode on `device` and its fitted samplers."""
-    checkpoint = common.load_checkpoint(run_dir)
-    model = DAE(Args(**checkpoint["args"]), *checkpoint["data_shape"])
-    model.load_state_dict(checkpoint["model"])
-    model.to(device).eval()
-    samplers = common.samplers_from_state(checkpoint["samplers"])
-    return common.Run(model, checkpoint["args"], samplers, Path(run_dir))
+    """A trained run: the model in eval mode on `device` and its fitted samplers."""
+    return common.load_run(run_dir, device, lambda args, shape: DAE(Args(**args), *shape))
 
 
-@torch.no_grad()
-def encode(run: common.Run, images: torch.Tensor) -> torch.Tensor:
-    """Images [B, C, H, W] in [0, 1] -> codes [B, d]."""
-    return run.model.encoder(images)
-
-
-@torch.no_grad()
-def decode(run: common.Run, codes: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Codes [B, d] -> images [B, C, H, W] in [0, 1], in batches."""
-    return torch.cat([torch.sigmoid(run.model.decoder(z)).float()
-                      for z in codes.split(batch_size)])
-
-
-def sample(run: common.Run, n: int, sampler: str = "gmm", seed: int = 0) -> torch.Tensor:
-    """n new images [n, C, H, W] in [0, 1]: codes from an ex-post density, decoded."""
-    if sampler not in run.samplers:
-        raise common.UserError(f"{run.folder} has no '{sampler}' sampler (it has "
-                               f"{sorted(run.samplers) or 'none: finish training first'})")
-    device = next(run.model.parameters()).device
-    return decode(run, run.samplers[sampler].sample(n, seed).to(device))
+# Images from codes and codes from images: decode(sample(N(0, I) | MVG | GMM)) is how the
+# method generates; the backbone methods share these (common.py).
+encode, decode, sample = common.encode, common.decode, common.sample
 
 
 def paper_fid(args: dict) -> dict:

@@ -83,7 +83,6 @@ def timed(function, *args, sync=lambda: None, **kwargs):
 def eval_section(device_name: str, n_images: int):
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    import numpy as np
     import torch
     from PIL import Image
     from pytorch_fid.fid_score import calculate_frechet_distance, get_activations

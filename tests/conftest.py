@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = Path(__file__).resolve().parent / "offline"
@@ -21,3 +24,19 @@ def run_script(*argv, timeout=600):
            "PYTHONPATH": path}
     return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory):
+    """A TORCH_HOME holding random FID-Inception weights under pytorch-fid's file name."""
+    from fakes import write_random_inception
+
+    home = tmp_path_factory.mktemp("torch_home")
+    write_random_inception(home)
+    return home
+
+
+def run_eval(torch_home, *argv):
+    """eval.py as a subprocess, with the random Inception weights of `torch_home`."""
+    with mock.patch.dict("os.environ", {"TORCH_HOME": str(torch_home)}):
+        return run_script("eval.py", *argv)

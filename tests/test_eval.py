@@ -2,7 +2,6 @@
 code runs on random-initialised Inception weights put where its loader looks."""
 import json
 import re
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -10,16 +9,7 @@ import torch
 from PIL import Image
 
 import common
-from conftest import run_script
-from fakes import write_random_inception
-
-
-@pytest.fixture(scope="session")
-def torch_home(tmp_path_factory):
-    """A TORCH_HOME holding random FID-Inception weights under pytorch-fid's file name."""
-    home = tmp_path_factory.mktemp("torch_home")
-    write_random_inception(home)
-    return home
+from conftest import run_eval, run_script
 
 
 @pytest.fixture
@@ -117,9 +107,6 @@ def dae_run(tmp_path_factory):
     return next(out.glob("dae-digits-*"))
 
 
-def run_eval(torch_home, *argv):
-    with mock.patch.dict("os.environ", {"TORCH_HOME": str(torch_home)}):
-        return run_script("eval.py", *argv)
 
 
 def test_eval_end_to_end(dae_run, torch_home, tmp_path):
