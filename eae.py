@@ -163,6 +163,9 @@ def decoder_l2(model: EAE) -> torch.Tensor:
 
 
 def train(args: Args, given: set):
+    if args.k >= args.batch_size:
+        raise common.UserError(f"--k {args.k} needs a batch of more than {args.k} codes; "
+                               f"--batch-size is {args.batch_size}")
     args, checkpoint, device, train_images, test_images = common.start(args, given)
     data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
     model = EAE(args, *data_shape).to(device)

@@ -86,3 +86,10 @@ def test_digits_run_end_to_end(reg_weight, tmp_path, torch_home):
         assert evaluated.returncode == 0, evaluated.stderr
         metrics = json.loads((folder / "metrics.json").read_text())
         assert list(metrics["columns"]) == ["rec", "normal", "interp"]
+
+
+def test_too_few_codes_for_k(tmp_path):
+    result = run_script("eae.py", "--dataset", "fake", "--k", "5", "--batch-size", "4",
+                        "--out-dir", tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--k 5 needs a batch of more than 5 codes" in result.stderr.strip().splitlines()[-1]
