@@ -153,8 +153,7 @@ def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def decoder_l2(model: EAE) -> torch.Tensor:
     """Sum of squared decoder kernels (biases and batch-norm scales excluded)."""
-    return sum(p.square().sum() for name, p in model.decoder.named_parameters()
-               if p.ndim > 1)
+    return sum(p.square().sum() for p in model.decoder.parameters() if p.ndim > 1)
 
 
 # ----------------------------------------------------------------------------------------
