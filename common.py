@@ -280,7 +280,7 @@ def batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, flip: 
 
 # 3. Backbone of Tolstikhin et al. (2018) / Ghosh et al. (2020) ---------------------------
 
-LATENT_NORMS = ("none", "bn", "bn-noaffine", "ln", "sn")  # sn: spectral norm, latent layer
+# Latent norms: none, bn, bn-noaffine, ln, sn (spectral norm of the latent layer).
 SPECTRAL_NORMS = ("none", "decoder", "all")
 
 
