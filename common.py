@@ -537,39 +537,48 @@ def atomic_save(obj, path: Path):
 CHECKPOINT = "checkpoint.pt"
 
 
-def load_checkpoint(run_dir: str, map_location="cpu") -> dict:
-    """The run's checkpoint, loaded safely (tensors and plain types only)."""
+def load_checkpoint(run_dir: str, map_location="cpu", method: str = "") -> dict:
+    """The run's checkpoint, loaded safely (tensors and plain types only); with `method`,
+    an error unless that method wrote it."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise UserError(f"{run_dir} has no {CHECKPOINT}; pass the folder of a run "
                         "that finished at least one epoch")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated or foreign file
         raise UserError(f"{path} could not be read ({type(error).__name__})") from None
+    if method and checkpoint.get("method") != method:
+        raise UserError(f"{run_dir} is a {checkpoint.get('method')} run, not a {method} run")
+    return checkpoint
+
+
+def flags(names) -> str:
+    """Field names as the user types them: --latent-dim, --epochs."""
+    return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
 RESUMABLE = ("epochs", "device", "compile")  # flags that may change when resuming
 
 
-def resume(args, given: set):
+def resume(args, given: set, method: str = ""):
     """For --resume RUN_DIR: the run's own args (epochs, device and compile typed now win)
-    and its checkpoint."""
-    checkpoint = load_checkpoint(args.resume)
+    and its checkpoint (an error if another method wrote it)."""
+    checkpoint = load_checkpoint(args.resume, method=method)
     ignored = sorted(given - set(RESUMABLE) - {"resume"})
     if ignored:
-        print(f"resuming: ignoring --{', --'.join(ignored)}; the run keeps its own settings")
+        print(f"resuming: ignoring {flags(ignored)}; the run keeps its own settings")
     stored = {**checkpoint["args"], **{k: getattr(args, k) for k in given & set(RESUMABLE)}}
     return type(args)(**{**stored, "resume": args.resume}), checkpoint
 
 
-def start(args, given: set):
+def start(args, given: set, method: str = ""):
     """The opening of every training run: --resume, device, seed, data on the device.
     Returns (args, checkpoint or None, device, training images, 64 test images), images
     as uint8 [N, C, H, W]."""
     checkpoint = None
     if args.resume:
-        args, checkpoint = resume(args, given)
+        args, checkpoint = resume(args, given, method)
     device = pick_device(args.device)
     torch.manual_seed(args.seed)  # CPU and CUDA
     load = lambda split: load_images(args.dataset, args.data_root, split, args.image_size,  # noqa
@@ -598,11 +607,12 @@ def open_run(method: str, args, checkpoint, model: nn.Module, optimizer) -> tupl
 
 
 def save_epoch(folder: Path, method: str, args, epoch: int, model, optimizer,
-               data_shape) -> dict:
-    """The end-of-epoch checkpoint (atomic); returns what it holds."""
+               data_shape, **extra) -> dict:
+    """The end-of-epoch checkpoint (atomic), with any `extra` tensors of the method;
+    returns what it holds."""
     state = {"method": method, "args": dataclasses.asdict(args), "data_shape": list(data_shape),
              "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "rng": rng_state(), "samplers": {}}
+             "rng": rng_state(), "samplers": {}, **extra}
     atomic_save(state, folder / CHECKPOINT)
     return state
 
@@ -697,6 +707,14 @@ def save_sample_grids(run: Run, seed: int):
 
 # 6. GPU evaluation helpers: Inception features, FID, IS, precision / recall --------------
 
+def missing_weights(what: str, url: str, error: Exception) -> UserError:
+    """The error for pretrained weights that are not in torch's cache and cannot be
+    downloaded: which file, where it belongs, where it comes from."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return UserError(f"{what} {Path(url).name} are not in {folder} and could not be "
+                     f"downloaded ({_first_line(error)}); put the file there (from {url})")
+
+
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's port of the TF graph
 
 
@@ -713,10 +731,7 @@ class Inception(nn.Module):
             self.net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
             fc_weight = load_state_dict_from_url(FID_WEIGHTS_URL, progress=False)["fc.weight"]
         except (OSError, RuntimeError) as error:
-            folder = Path(torch.hub.get_dir()) / "checkpoints"
-            raise UserError(f"the Inception weights {INCEPTION_FILE} are not in {folder} and "
-                            f"could not be downloaded ({_first_line(error)}); put the file "
-                            f"there (from {FID_WEIGHTS_URL})") from None
+            raise missing_weights("the Inception weights", FID_WEIGHTS_URL, error) from None
         self.register_buffer("fc_weight", fc_weight)  # [1008, 2048]
         self.eval()
 

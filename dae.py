@@ -157,7 +157,7 @@ def learning_rate(args: Args, epoch: int) -> float:
 
 
 def train(args: Args, given: set):
-    args, checkpoint, device, train_images, test_images = common.start(args, given)
+    args, checkpoint, device, train_images, test_images = common.start(args, given, "dae")
     data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
     model = DAE(args, *data_shape).to(device)
     if device.type == "cuda":
@@ -223,8 +223,10 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample
 
 
-def paper_fid(args: dict) -> dict:
+def paper_fid(args: dict, ref: str = "test") -> dict:
     """The paper's FID for this run's setting, by column (empty if it reports none)."""
+    if ref != "test":  # the paper's FIDs are all against the test split
+        return {}
     depth = tuple(args["depth"]) if len(set(args["depth"])) > 1 else tuple(args["depth"][:1])
     key = (args["dataset"], args["filters"], depth, args["latent_dim"], args["latent_norm"])
     return PAPER_FID.get(key, {})

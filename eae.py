@@ -165,7 +165,7 @@ def train(args: Args, given: set):
     if args.k >= args.batch_size:
         raise common.UserError(f"--k {args.k} needs a batch of more than {args.k} codes; "
                                f"--batch-size is {args.batch_size}")
-    args, checkpoint, device, train_images, test_images = common.start(args, given)
+    args, checkpoint, device, train_images, test_images = common.start(args, given, "eae")
     data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
     model = EAE(args, *data_shape).to(device)
     if device.type == "cuda":
@@ -243,9 +243,11 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample
 
 
-def paper_fid(args: dict) -> dict:
-    """The paper's FID for this run's data set (its reported setting), by column."""
-    return PAPER_FID.get(args["dataset"], {}) if args["latent_dim"] in (64, 128) else {}
+def paper_fid(args: dict, ref: str = "test") -> dict:
+    """The paper's FID for this run's data set (its reported setting, test split), by column."""
+    if ref != "test" or args["latent_dim"] not in (64, 128):
+        return {}
+    return PAPER_FID.get(args["dataset"], {})
 
 
 def main(args: Args, given: set):

@@ -24,7 +24,7 @@ implementations used TensorFlow's Inception, whose resize differs slightly from 
 
 Each method file exposes the functions this file calls: load_run(run_dir, device) ->
 common.Run, sample(run, n, sampler, seed), and where it has an encoder, encode(run, x) and
-decode(run, z); paper_fid(args) gives the paper's figures to print beside ours.
+decode(run, z); paper_fid(args, ref) gives the paper's figures to print beside ours.
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def evaluate(args: Args):
     if encoder:
         columns["interp"] = score(net, interpolated(method, run, test, n, args), steps, ref,
                                   "Interp")
-    paper = method.paper_fid(run.args) if hasattr(method, "paper_fid") else {}
+    paper = method.paper_fid(run.args, args.ref) if hasattr(method, "paper_fid") else {}
     smoke = min(c["n"] for c in columns.values()) < 2048 or len(ref["features"]) < 2048
     metrics = {"method": name, "ref": args.ref, "num_samples": n, "smoke_test": smoke,
                "columns": columns, "paper_fid": paper}

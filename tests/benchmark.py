@@ -3,6 +3,7 @@
     python tests/benchmark.py                 # both sections on the default device
     python tests/benchmark.py --section train --device cuda --compile
     python tests/benchmark.py --section eval --images 500
+    python tests/benchmark.py --method deciphering [--batches 32 256] [--compile]
 
 train: images/sec and peak memory of dae.py's step for the paper config (f=128) and a
 small one (f=32). Each runs in a fresh process so that its peak memory is its own: on CUDA
@@ -15,6 +16,12 @@ pytorch-fid's calculate_frechet_distance (scipy sqrtm) at 2048-d from 10,000 sam
 Inception features/sec of our tensor path against pytorch-fid's file path (PNG files,
 DataLoader, get_activations) on the same images. Without the real Inception weights (no
 network) random ones stand in: the timing is the same.
+
+--method deciphering: deciphering.py's training step at the paper's full model (18.1M
+parameters, LPIPS-AlexNet at 128x128) for each batch size, split into data (flip, shift,
+masks, noise), forward, LPIPS, backward and optimizer + EMA, each phase synchronised; the
+whole step unsynchronised gives the seconds per CIFAR-10 epoch (195 steps of 256). Then the
+vectorised shift against the official per-image loop (CPU tensors, then copied over).
 """
 import argparse
 import json
@@ -132,9 +139,120 @@ def eval_section(device_name: str, n_images: int):
           f"| pytorch-fid: PNG files, DataLoader ({workers} workers) | {n_images / theirs_s:.1f} |")
 
 
+def deciphering_section(device_name: str, batch_sizes, steps: int, compile: bool):
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    import torch
+    import torch.nn.functional as F
+
+    import common
+    import deciphering as D
+    from fakes import write_random_alexnet
+
+    device = common.pick_device(device_name)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    try:
+        lpips_net, weights = D.load_lpips(device), "real"
+    except common.UserError:
+        os.environ["TORCH_HOME"] = tempfile.mkdtemp()
+        write_random_alexnet(Path(os.environ["TORCH_HOME"]))
+        lpips_net, weights = D.load_lpips(device), "random"
+    args = D.Args()
+    print(f"\n| deciphering step, {device}, torch {torch.__version__}, LPIPS ({weights} AlexNet)"
+          f"{', compiled' if compile else ''} | batch | data | forward | LPIPS | backward | "
+          f"optimizer + EMA | step (unsynced) | s / CIFAR-10 epoch | peak memory |\n" + "|---" * 10 + "|")
+    for batch in batch_sizes:
+        torch.manual_seed(0)
+        model = D.DecipheringAE(3, 32, args.widths, args.latent_dim).to(device)
+        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        model = model.to(memory_format=memory_format).train()
+        forward = torch.compile(model) if compile else model
+        mlp = list(model.shift_mlp.parameters())
+        others = [p for n, p in model.named_parameters() if not n.startswith("shift_mlp.")]
+        optimizer = torch.optim.AdamW([{"params": others}, {"params": mlp, "lr": 2e-4}], lr=2e-3,
+                                      weight_decay=0.08)
+        ema = D.EMA(model)
+        images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
+        patterns = D.make_patterns(torch.randint(32, (batch,)), args).to(device)
+        times = {k: 0.0 for k in ("data", "forward", "lpips", "backward", "optimizer")}
+
+        def step(phases: bool, number: int):
+            clock = [time.perf_counter()]
+
+            def mark(name):
+                if phases:
+                    sync()
+                    times[name] += time.perf_counter() - clock[0]
+                    clock[0] = time.perf_counter()
+
+            x = images.float().div_(127.5).sub_(1).flip(3).contiguous(memory_format=memory_format)
+            codes = D.flip_patterns(patterns, args)
+            shifts = torch.randint(-8, 9, (batch,), device=device)
+            target, noise = D.shift_images(x, shifts, 8), torch.randn_like(x)
+            masks, position = D.masks_of(codes, args), D.shift_position(shifts, 8)
+            mark("data")
+            with common.autocast(device):
+                output = forward(noise, masks, position)
+                mark("forward")
+                loss = D.lpips_loss(lpips_net, output, target, 128)
+                mark("lpips")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            mark("backward")
+            optimizer.step()
+            ema.update(model, number, 0.99995)
+            mark("optimizer")
+
+        for i in range(3 if compile else 1):  # warm-up (and compilation)
+            step(False, i)
+        for k in times:
+            times[k] = 0.0
+        for i in range(steps):
+            step(True, 1000 + i)  # EMA updates on every tenth step, as in training
+        sync()
+        started = time.perf_counter()
+        for i in range(steps):
+            step(False, 2000 + i)
+        sync()
+        per_step = (time.perf_counter() - started) / steps
+        if device.type == "cuda":
+            peak_mb = torch.cuda.max_memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+        cells = " | ".join(f"{times[k] / steps * 1000:.0f} ms" for k in times)
+        print(f"| | {batch} | {cells} | {per_step * 1000:.0f} ms | "
+              f"{per_step * (50_000 // batch):.1f} | {peak_mb:.0f} MiB |")
+
+    x = torch.rand(256, 3, 32, 32, device=device)
+    shifts = torch.randint(-8, 9, (256,), device=device)
+
+    def per_image_loop():  # the official code: one image at a time on the CPU, then copied
+        out = []
+        for image, r in zip(x.cpu(), shifts.tolist()):
+            if r > 0:
+                image = F.pad(image[None], (r, 0, 0, 0), mode="reflect")[0, ..., :-r]
+            elif r < 0:
+                image = F.pad(image[None], (0, -r, 0, 0), mode="reflect")[0, ..., -r:]
+            out.append(image)
+        return torch.stack(out).to(device)
+
+    assert torch.equal(per_image_loop(), D.shift_images(x, shifts, 8))
+    repeats = 20
+    _, loop_s = timed(lambda: [per_image_loop() for _ in range(repeats)], sync=sync)
+    _, ours_s = timed(lambda: [D.shift_images(x, shifts, 8) for _ in range(repeats)], sync=sync)
+    print(f"\n| shift of a batch of 256, {device} | ms |\n|---|---|\n"
+          f"| vectorised (gather on the device) | {ours_s / repeats * 1000:.2f} |\n"
+          f"| per-image loop (official) | {loop_s / repeats * 1000:.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--section", default="all", choices=("all", "train", "eval"))
+    parser.add_argument("--method", default="dae", choices=("dae", "deciphering"),
+                        help="whose training step: dae.py's (--section train) or deciphering.py's")
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 256],
+                        help="batch sizes of the deciphering step")
     parser.add_argument("--images", type=int, default=0,
                         help="images for the Inception throughput (0: 200 CPU, 5000 GPU)")
     parser.add_argument("--device", default="auto")
@@ -148,6 +266,13 @@ def main():
 
         steps = args.steps or (50 if torch.cuda.is_available() and args.device != "cpu" else 5)
         print(json.dumps(measure(*args.one, args.device, steps, args.compile)))
+        return
+    if args.method == "deciphering":
+        import torch
+
+        gpu = torch.cuda.is_available() and args.device != "cpu"
+        deciphering_section(args.device, args.batches, args.steps or (20 if gpu else 2),
+                            args.compile)
         return
     if args.section in ("all", "train"):
         train_section(args)

@@ -28,15 +28,22 @@ def run_script(*argv, timeout=600):
 
 @pytest.fixture(scope="session")
 def torch_home(tmp_path_factory):
-    """A TORCH_HOME holding random FID-Inception weights under pytorch-fid's file name."""
-    from fakes import write_random_inception
+    """A TORCH_HOME holding random FID-Inception and AlexNet weights under the file names
+    pytorch-fid and torchvision (for LPIPS) look for."""
+    from fakes import write_random_alexnet, write_random_inception
 
     home = tmp_path_factory.mktemp("torch_home")
     write_random_inception(home)
+    write_random_alexnet(home)
     return home
+
+
+def run_with_weights(torch_home, *argv):
+    """A script as a subprocess, with the random network weights of `torch_home`."""
+    with mock.patch.dict("os.environ", {"TORCH_HOME": str(torch_home)}):
+        return run_script(*argv)
 
 
 def run_eval(torch_home, *argv):
     """eval.py as a subprocess, with the random Inception weights of `torch_home`."""
-    with mock.patch.dict("os.environ", {"TORCH_HOME": str(torch_home)}):
-        return run_script("eval.py", *argv)
+    return run_with_weights(torch_home, "eval.py", *argv)

@@ -29,3 +29,16 @@ def write_random_inception(torch_home: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path
+
+
+def write_random_alexnet(torch_home: Path, seed: int = 0) -> Path:
+    """Random AlexNet weights under torchvision's file name in TORCH_HOME, where
+    lpips.LPIPS(net='alex') loads them from; returns the file."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    url = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url
+    path = Path(torch_home) / "hub" / "checkpoints" / Path(url).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.alexnet().state_dict(), path)
+    return path

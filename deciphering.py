@@ -1,0 +1,503 @@
+"""Deciphering autoencoders: generative autoencoding of dropout patterns (Maeda 2023).
+
+Paper: "Generative Autoencoding of Dropout Patterns", S. Maeda, 2023,
+https://arxiv.org/abs/2310.01712; official code github.com/shuntama/deciphering-autoencoders
+
+The method. Each training image x_i gets its own fixed random pattern z_i of active
+channels ("ciphering"): after encoder stages 1, 2, 3 only 1 of 128, 4 of 256 and 16 of 512
+channels are kept, a channel-wise dropout whose pattern never changes. An autoencoder
+g_theta learns to turn z_i back into x_i ("deciphering") with LPIPS as its only loss; its
+large encoder arranges the unrelated patterns smoothly in a 128-d latent space, its decoder
+is small. A fresh pattern from the same distribution decodes to a new image: no prior, no
+ex-post density. Regularisation: each target is shifted horizontally by a random r that the
+decoder is told through an MLP (geometric), a high learning rate and strong weight decay.
+Clustering the images (k-means), each cluster owning a block of stage 1's channels, helps.
+
+    (1)  min_theta 1/N sum_i d(g_theta(z_i), x_i),            d = LPIPS
+    (2)  min_theta 1/N sum_i d(g_theta(z_i, r), T(x_i, r)),    T = horizontal shift by r
+    number of patterns C(128, 1) C(256, 4) C(512, 16) = 1.88e40
+
+Reproduce (then `python eval.py RUN_DIR --num-samples 50000 [--ref train]`):
+    CIFAR-10, Table 1 (FID 39.02 train / 42.73 test, IS 6.84 / 6.77): phase one, 1000
+    epochs with the shift; phase two, 2000 more without it, from phase one's folder:
+        python deciphering.py --epochs 1000
+        python deciphering.py --finetune-from runs/deciphering-cifar10-<time>
+    Table 2, clusters (phase one only): --clusters 1 | 8 | 16 | 32 | 64;  no shift: --max-shift 0
+    CelebA, Fig. 3 (centre 160 -> 32x32, latent 256, no shift, lr /10 at 500 and 600):
+        python deciphering.py --dataset celeba --data-root DATA --crop 160 --image-size 32 \\
+            --latent-dim 256 --max-shift 0 --epochs 650 --lr-drops 500 600
+    Small offline run (digits; LPIPS needs the AlexNet weights once):
+        python deciphering.py --dataset digits --widths 32 64 128 256 --active 1 2 4 \\
+            --clusters 4 --latent-dim 32 --batch-size 64 --epochs 20
+
+Deviations and choices (the paper where it speaks, else the official code):
+  - The encoder reads fresh N(0, I) noise images (official; the paper does not say); masks
+    multiply stages 1-3's activations without 1/p scaling. Network as the official code
+    (18,112,771 parameters); the shift enters as a sinusoidal embedding of 50 + 50 r / R.
+  - Patterns drawn with torch from --pattern-seed (123 as official), redrawn where two
+    coincide (unchecked in the official code), stored in the checkpoint. Clustering:
+    standardise, PCA to 95% variance, k-means with n_init 10 (sklearn's default then).
+  - Flips (official): odd epochs flip every image and reverse its stage-3 pattern.
+  - Weight decay rises linearly from 0 to 0.08 at epoch 0.4 E, then stays (the paper; the
+    official code stops at 0.0798); it covers every parameter (official).
+  - EMA as the official code (ema_pytorch): every 10 steps, a copy up to step 100, then
+    decay min(1 - (1 + t)^(-2/3), 0.99995), t = step - 100: 0.9997 after 195k steps, the
+    cap is never reached. BN statistics averaged too. Grids and eval.py use the EMA.
+  - Phase two starts from phase one's online weights (the official README does not say;
+    --finetune-ema takes the EMA), its patterns, a fresh AdamW and EMA (official).
+  - Sampling: patterns uniform over channels (official: each cluster 1/32), noise input,
+    r = 0, BN using the statistics of each batch of up to 250 samples (the official sampler
+    stays in train mode): eval.py's "uniform". "clusters" draws stage 1's cluster with its
+    training share (the paper leaves it open); "running-bn" uses BN's running statistics.
+    Sampling is seeded (the official is not).
+  - bf16 autocast and channels_last on CUDA (official: fp32); a checkpoint with the
+    optimizer every --save-every epochs (official: weights every 100 epochs).
+  - CelebA's training split here is train + valid (182,637 images; paper 162,770).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import common
+from common import arg
+
+EMBED_DIM, MLP_DIM = 128, 512  # shift embedding and MLP widths (official)
+EMA_EVERY, EMA_AFTER, EMA_POWER = 10, 100, 2 / 3  # ema_pytorch settings of the official code
+SAMPLE_BATCH = 250  # samples sharing BN statistics (official sampler)
+# What --finetune-from takes from the phase-one run: the model and its patterns.
+PHASE_ONE = ("dataset", "image_size", "crop", "widths", "active", "latent_dim", "clusters",
+             "pattern_seed")
+
+
+@dataclass
+class Args:
+    dataset: str = arg("cifar10", "data set", choices=common.DATASETS)
+    data_root: str = arg("data", "folder of the data set (torchvision downloads into it)")
+    image_size: int = arg(32, "image side (32 in the paper, CelebA included)", low=16)
+    crop: int = arg(0, "centre crop before resizing (CelebA: 160); 0: the data set's", low=0)
+    widths: list[int] = arg([128, 256, 512, 1024], "channels of the four encoder stages", low=2)
+    active: list[int] = arg([1, 4, 16], "active channels after encoder stages 1, 2, 3", low=1)
+    latent_dim: int = arg(128, "latent units (256 for CelebA)", low=1)
+    clusters: int = arg(32, "k-means clusters sharing out stage 1's channels (1: none)", low=1)
+    pattern_seed: int = arg(123, "seed of the patterns and of k-means (123: official)")
+    max_shift: int = arg(8, "largest horizontal shift in pixels (0: no geometric reg.)", low=0)
+    flip: bool = arg(True, "flip images and reverse stage-3 patterns on odd epochs")
+    epochs: int = arg(1000, "training epochs (phase two: 2000 unless given)", low=1)
+    batch_size: int = arg(256, "batch size", low=1)
+    lr: float = arg(2e-3, "AdamW learning rate", low=0)
+    mlp_lr: float = arg(2e-4, "learning rate of the shift MLP", low=0)
+    lr_drops: list[int] = arg([], "epochs from which the rates are x0.1 (CelebA: 500 600)", low=1)
+    weight_decay: float = arg(0.08, "AdamW weight decay after the warm-up", low=0)
+    wd_warmup: float = arg(0.4, "fraction of the epochs weight decay rises from 0 over", low=0)
+    ema_decay: float = arg(0.99995, "cap of the EMA decay (reached after ~2.8M steps)", low=0)
+    lpips_size: int = arg(128, "images are upsampled to this side for LPIPS", low=32)
+    finetune_from: str = arg("", "phase two: continue from this phase-one run folder")
+    finetune_ema: bool = arg(False, "phase two starts from the EMA weights, not the online")
+    save_every: int = arg(5, "epochs between checkpoints and sample grids", low=1)
+    seed: int = arg(0, "seed of initialisation, batch order, shifts and noise")
+    device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
+    out_dir: str = arg("runs", "parent folder of the run folders")
+    resume: str = arg("", "run folder to continue from its last checkpoint")
+
+
+# -- Ciphering: one fixed dropout pattern per training image, stage 1 by cluster ---------
+
+
+def pattern_count(widths, active) -> int:
+    """Distinct patterns: prod_s C(widths_s, active_s), 1.88e40 at the defaults."""
+    return math.prod(math.comb(c, k) for c, k in zip(widths, active))
+
+
+def random_subsets(n: int, size: int, k: int, g: torch.Generator) -> torch.Tensor:
+    """n uniform random k-subsets of range(size), each sorted: [n, k]."""
+    return torch.rand(n, size, generator=g).topk(k, 1).indices.sort(1).values
+
+
+def draw_patterns(labels: torch.Tensor, args: Args, g: torch.Generator) -> torch.Tensor:
+    """Patterns [n, sum(active)]: active channel indices of stages 1, 2, 3 side by side.
+    Stage 1's lie in the block of the image's cluster; stages 2 and 3 are uniform."""
+    block = args.widths[0] // args.clusters
+    first = labels[:, None] * block + random_subsets(len(labels), block, args.active[0], g)
+    rest = [random_subsets(len(labels), c, k, g) for c, k in zip(args.widths[1:3], args.active[1:])]
+    return torch.cat([first, *rest], 1)
+
+
+def make_patterns(labels: torch.Tensor, args: Args) -> torch.Tensor:
+    """One distinct pattern per training image (duplicates redrawn), from --pattern-seed."""
+    largest = torch.bincount(labels).max().item()
+    per_cluster = pattern_count([args.widths[0] // args.clusters, *args.widths[1:3]], args.active)
+    if per_cluster < largest:
+        raise common.UserError(f"a cluster of {largest} images needs as many patterns, but "
+                               f"--widths/--active/--clusters allow {per_cluster}")
+    g = torch.Generator().manual_seed(args.pattern_seed)
+    patterns, n = draw_patterns(labels, args, g), len(labels)
+    while True:
+        _, inverse = torch.unique(patterns, dim=0, return_inverse=True)
+        owner = torch.full((n,), n).scatter_reduce(0, inverse, torch.arange(n), "amin")
+        repeated = torch.arange(n) != owner[inverse]  # a pattern an earlier image has
+        if not repeated.any():
+            return patterns
+        patterns[repeated] = draw_patterns(labels[repeated], args, g)
+
+
+def cluster_images(images: torch.Tensor, clusters: int, seed: int) -> torch.Tensor:
+    """k-means labels [N] of the images: standardised pixels, PCA to 95% of the variance."""
+    if clusters == 1:
+        return torch.zeros(len(images), dtype=torch.long)
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    print(f"k-means: {clusters} clusters of {len(images)} images (PCA, then 10 restarts) ...")
+    pixels = StandardScaler().fit_transform(images.flatten(1).float().cpu().numpy())
+    reduced = PCA(0.95, svd_solver="full").fit_transform(pixels)
+    labels = KMeans(clusters, n_init=10, random_state=seed).fit_predict(reduced)
+    return torch.as_tensor(labels, dtype=torch.long)
+
+
+def masks_of(patterns: torch.Tensor, args: Args) -> list[torch.Tensor]:
+    """0/1 channel masks [B, widths_s] of stages 1, 2, 3 from patterns [B, sum(active)]."""
+    return [torch.zeros(len(p), c, device=p.device).scatter_(1, p, 1.0)
+            for p, c in zip(patterns.long().split(args.active, 1), args.widths)]
+
+
+def flips(args: Args, epoch: int) -> bool:
+    """The official flip schedule: odd epochs train on flipped images."""
+    return args.flip and epoch % 2 == 1
+
+
+def flip_patterns(patterns: torch.Tensor, args: Args) -> torch.Tensor:
+    """The pattern of a flipped image: stage 3's channels in reverse order (official)."""
+    stage3 = patterns[:, -args.active[2]:]
+    return torch.cat([patterns[:, :-args.active[2]], args.widths[2] - 1 - stage3], 1)
+
+
+# -- Network (official architecture): large encoder of the masked noise, small decoder ---
+
+
+def conv_bn(conv: nn.Module, act: bool = True) -> list[nn.Module]:
+    return [conv, nn.BatchNorm2d(conv.out_channels)] + ([nn.LeakyReLU()] if act else [])
+
+
+class ResBlock(nn.Module):
+    """x + BN(conv3(LReLU(BN(conv3(x))))); with `inner`, the bottleneck
+    x + BN(1x1(LReLU(BN(3x3(LReLU(BN(1x1(x)))))))). No activation after the sum."""
+
+    def __init__(self, ch: int, inner: int = 0):
+        super().__init__()
+        if inner:
+            self.body = nn.Sequential(*conv_bn(nn.Conv2d(ch, inner, 1)),
+                                      *conv_bn(nn.Conv2d(inner, inner, 3, padding=1)),
+                                      *conv_bn(nn.Conv2d(inner, ch, 1), act=False))
+        else:
+            self.body = nn.Sequential(*conv_bn(nn.Conv2d(ch, ch, 3, padding=1)),
+                                      *conv_bn(nn.Conv2d(ch, ch, 3, padding=1), act=False))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def sinusoidal(position: torch.Tensor, dim: int = EMBED_DIM) -> torch.Tensor:
+    """[B] -> [B, dim]: sin and cos of position * 10000^(-k / (dim/2 - 1)), k < dim/2."""
+    k = torch.arange(dim // 2, device=position.device)
+    angles = position.float()[:, None] * torch.exp(-math.log(10000) * k / (dim // 2 - 1))
+    return torch.cat([angles.sin(), angles.cos()], 1)
+
+
+class DecipheringAE(nn.Module):
+    def __init__(self, channels: int, image_size: int, widths, latent_dim: int):
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.side, self.w4 = image_size // 16, w4
+        self.encoder_stages = nn.ModuleList(nn.Sequential(
+            *conv_bn(nn.Conv2d(cin, cout, 2, stride=2)),
+            *conv_bn(nn.Conv2d(cout, cout, 3, padding=1))) for cin, cout in
+            zip([channels, w1, w2, w3], widths))
+        self.to_latent = nn.Linear(w4 * self.side ** 2, latent_dim)
+        self.shift_mlp = nn.Sequential(nn.Linear(EMBED_DIM, MLP_DIM), nn.LeakyReLU(),
+                                       nn.Linear(MLP_DIM, EMBED_DIM))
+        self.from_latent = nn.Linear(latent_dim + EMBED_DIM, w4 * self.side ** 2)
+        layers = [nn.BatchNorm2d(w4), nn.LeakyReLU()]
+        for cin, cout in [(w4, w3), (w3, w2), (w2, w1)]:  # groups of w1 input channels
+            layers += conv_bn(nn.ConvTranspose2d(cin, cout, 2, stride=2, groups=cin // w1))
+            layers += [ResBlock(cout, w1 // 2), ResBlock(cout, w1 // 2)]
+        layers += conv_bn(nn.ConvTranspose2d(w1, w1 // 2, 2, stride=2))
+        layers += [ResBlock(w1 // 2), ResBlock(w1 // 2), nn.Conv2d(w1 // 2, channels, 3, padding=1)]
+        self.decoder = nn.Sequential(*layers)
+
+    def encode(self, noise, masks):  # noise [B, C, S, S]; masks [B, w1], [B, w2], [B, w3]
+        h = noise
+        for stage, mask in zip(self.encoder_stages, [*masks, None]):
+            h = stage(h)  # [B, w_s, S / 2^s, S / 2^s]
+            if mask is not None:  # channel-wise dropout with the image's fixed pattern
+                h = h * mask.to(h.dtype)[:, :, None, None]
+        return self.to_latent(h.flatten(1))  # [B, latent]
+
+    def decode(self, latent, position):  # latent [B, latent], position [B] in [0, 100]
+        shift = self.shift_mlp(sinusoidal(position))  # [B, 128]
+        h = self.from_latent(torch.cat([latent, shift.to(latent.dtype)], 1))
+        return self.decoder(h.view(-1, self.w4, self.side, self.side))  # [B, C, S, S]
+
+    def forward(self, noise, masks, position):
+        return self.decode(self.encode(noise, masks), position)
+
+
+# -- Geometric regularisation, loss, schedules, EMA --------------------------------------
+
+
+def shift_images(x: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """T(x, r): each image's content moved r columns right (left for r < 0), the uncovered
+    columns filled by reflection (edge not repeated); the whole batch at once."""
+    if max_shift == 0:
+        return x
+    padded = F.pad(x, (max_shift, max_shift, 0, 0), mode="reflect")  # [B, C, H, W + 2R]
+    columns = torch.arange(x.shape[-1], device=x.device) - shifts[:, None] + max_shift  # [B, W]
+    return padded.gather(3, columns[:, None, None, :].expand(x.shape))
+
+
+def shift_position(shifts: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """What the MLP reads: r in [-R, R] -> 50 + 50 r / R in [0, 100]; 50 when R = 0."""
+    return 50 + 50 * shifts.float() / max(max_shift, 1)
+
+
+def load_lpips(device) -> nn.Module:
+    """LPIPS v0.1 on AlexNet (the `lpips` package; frozen, eval mode)."""
+    import lpips
+    import torchvision
+
+    url = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url
+    try:
+        with warnings.catch_warnings():  # lpips uses torchvision's deprecated `pretrained`
+            warnings.simplefilter("ignore")
+            net = lpips.LPIPS(net="alex", verbose=False)
+    except (OSError, RuntimeError) as error:
+        raise common.missing_weights("the AlexNet weights for LPIPS", url, error) from None
+    return net.to(device).eval().requires_grad_(False)
+
+
+def lpips_loss(lpips_net, output, target, size: int) -> torch.Tensor:
+    """d of Eq. (2): LPIPS of the images upsampled to size x size (grey repeated to RGB),
+    mean over the batch."""
+    def up(x):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    return lpips_net(up(output), up(target)).mean()
+
+
+def weight_decay(args: Args, epoch: int) -> float:
+    """0 at epoch 0, rising linearly to --weight-decay at epoch int(wd_warmup E), then flat."""
+    warmup = int(args.wd_warmup * args.epochs)
+    return args.weight_decay * min(epoch / warmup, 1.0) if warmup else args.weight_decay
+
+
+def ema_decay(step: int, cap: float) -> float:
+    """Decay of the EMA update after optimizer step `step` (0-based): ema_pytorch's warm-up
+    1 - (1 + t)^(-2/3), t = step - 100, capped; 0 (a copy) up to step 100."""
+    t = step - EMA_AFTER
+    return 0.0 if t <= 0 else min(1 - (1 + t) ** -EMA_POWER, cap)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, step: int, cap: float):
+    """Every 10th step: ema = decay ema + (1 - decay) model, weights and float buffers."""
+    if step % EMA_EVERY == 0:
+        for average, current in zip(ema.state_dict().values(), model.state_dict().values()):
+            if average.is_floating_point():
+                average.lerp_(current, 1 - ema_decay(step, cap))
+            else:
+                average.copy_(current)
+
+
+# -- Training ----------------------------------------------------------------------------
+
+
+def check(args: Args):
+    """Settings argparse cannot check alone, each a one-line error."""
+    for failed, message in [
+            (len(args.widths) != 4 or len(args.active) != 3, "--widths takes 4 values, --active 3"),
+            (args.image_size % 16, "--image-size must be a multiple of 16"),
+            (args.widths[0] % args.clusters or args.active[0] > args.widths[0] // args.clusters,
+             f"--clusters {args.clusters} must cut stage 1 into blocks of --active[0] or more"),
+            (any(k > c for k, c in zip(args.active, args.widths)), "--active exceeds --widths"),
+            (args.max_shift >= args.image_size, "--max-shift must be below the image size")]:
+        if failed:
+            raise common.UserError(message)
+
+
+def phase_two_args(args: Args, given: set) -> tuple[Args, dict]:
+    """--finetune-from: phase one's model settings; no shift, no weight-decay warm-up and
+    2000 epochs unless typed."""
+    phase_one = common.load_checkpoint(args.finetune_from, method="deciphering")
+    stored = phase_one["args"]
+    changed = sorted(k for k in PHASE_ONE if k in given and getattr(args, k) != stored[k])
+    if changed:
+        print(f"phase two: ignoring {common.flags(changed)}; the phase-one model keeps its own")
+    defaults = {"epochs": 2000, "max_shift": 0, "wd_warmup": 0.0, "data_root": stored["data_root"]}
+    return dataclasses.replace(args, **{k: stored[k] for k in PHASE_ONE}, **{
+        k: v for k, v in defaults.items() if k not in given}), phase_one
+
+
+def train(args: Args, given: set):
+    phase_one = None
+    if args.finetune_from and not args.resume:
+        args, phase_one = phase_two_args(args, given)
+    check(args)
+    args, checkpoint, device, train_images, _ = common.start(args, given, "deciphering")
+    n, channels = len(train_images), train_images.shape[1]
+    model = DecipheringAE(channels, args.image_size, args.widths, args.latent_dim).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if checkpoint or phase_one:  # the run's own patterns: one per training image, fixed
+        labels, patterns = ((checkpoint or phase_one)[k].long() for k in ("labels", "patterns"))
+        if len(patterns) != n:
+            raise common.UserError(f"the run has patterns for {len(patterns)} images but the "
+                                   f"data set has {n}; point --data-root at the same data")
+    else:
+        labels = cluster_images(train_images, args.clusters, args.pattern_seed)
+        patterns = make_patterns(labels, args)
+    if phase_one and not checkpoint:
+        model.load_state_dict(phase_one["ema" if args.finetune_ema else "model"])
+    count = pattern_count(args.widths, args.active)
+    print(f"{n} images, each with its own of {count:,} (~{float(count):.3g}) possible patterns")
+    others = [p for name, p in model.named_parameters() if not name.startswith("shift_mlp.")]
+    optimizer = torch.optim.AdamW([{"params": others},
+                                   {"params": list(model.shift_mlp.parameters())}], lr=args.lr)
+    lpips_net = load_lpips(device)  # before open_run restores the RNG: building it draws
+    method = "deciphering-finetune" if args.finetune_from else "deciphering"
+    folder, start_epoch = common.open_run(method, args, checkpoint, model, optimizer)
+    ema = copy.deepcopy(model).requires_grad_(False)  # phase two: a new EMA (official)
+    if checkpoint:
+        ema.load_state_dict(checkpoint["ema"])
+    forward = torch.compile(model) if args.compile else model
+    patterns_on_device = patterns.to(device)
+    fixed = torch.Generator().manual_seed(args.seed)  # grids comparable across epochs
+    grid_patterns = draw_patterns(torch.randint(args.clusters, (64,), generator=fixed), args, fixed)
+    grid_noise = torch.randn(64, channels, args.image_size, args.image_size, generator=fixed)
+
+    steps = n // args.batch_size
+    for epoch in range(start_epoch, args.epochs):
+        lr_scale, wd = 0.1 ** sum(epoch >= e for e in args.lr_drops), weight_decay(args, epoch)
+        for group, lr in zip(optimizer.param_groups, (args.lr, args.mlp_lr)):
+            group["lr"], group["weight_decay"] = lr * lr_scale, wd
+        model.train()
+        started, loss_sum = time.time(), torch.zeros((), device=device)
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g)[:steps * args.batch_size].to(device)
+        bar = tqdm(order.view(steps, -1), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        for step, index in enumerate(bar):
+            x = train_images[index].float().div_(127.5).sub_(1)  # [B, C, S, S] in [-1, 1]
+            codes = patterns_on_device[index]  # [B, sum(active)]
+            if flips(args, epoch):  # the image flipped, its stage-3 pattern reversed
+                x, codes = x.flip(3), flip_patterns(codes, args)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            shifts = torch.randint(-args.max_shift, args.max_shift + 1, (len(x),), device=device)
+            target = shift_images(x, shifts, args.max_shift)  # T(x_i, r)
+            noise = torch.randn_like(x)  # the encoder's input
+            with common.autocast(device):
+                output = forward(noise, masks_of(codes, args), shift_position(shifts, args.max_shift))
+                loss = lpips_loss(lpips_net, output, target, args.lpips_size)  # Eq. (2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            update_ema(ema, model, epoch * steps + step, args.ema_decay)
+            loss_sum += loss.detach()
+            if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
+                bar.set_postfix(lpips=f"{loss.item():.4f}")
+                common.stop_if_diverged(loss.item(), epoch, folder)
+        mean_lpips, seconds = loss_sum.item() / steps, time.time() - started
+        common.stop_if_diverged(mean_lpips, epoch, folder)
+        common.log_epoch(folder, {"epoch": epoch + 1, "lpips": mean_lpips, "lr": args.lr * lr_scale,
+                                  "weight_decay": wd, "seconds": seconds,
+                                  "images_per_sec": steps * args.batch_size / seconds})
+        if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+            common.save_epoch(folder, "deciphering", args, epoch, model, optimizer,
+                              (channels, args.image_size), ema=ema.state_dict(),
+                              patterns=patterns.short(), labels=labels)
+            # 64 fixed new patterns, and 32 training images each with its own decoded
+            common.save_grid(generate(ema, grid_patterns, grid_noise, args),
+                             folder / "samples.png")
+            decoded = generate(ema, patterns[:32], grid_noise[:32], args)
+            common.save_reconstructions(train_images[:32].cpu() / 255, decoded.cpu(),
+                                        folder / "reconstructions.png")
+    print(f"done: grids, log.jsonl and checkpoint in {folder}")
+    return folder
+
+
+# -- Sampling: new patterns decoded; the functions eval.py calls -------------------------
+
+
+@torch.no_grad()
+def generate(model, patterns, noise, args: Args, running_bn: bool = False) -> torch.Tensor:
+    """Images [n, C, S, S] in [0, 1] decoded from patterns and input noise, shift 0. BN
+    normalises each batch with its own statistics (in a copy: the model's stay untouched)
+    unless running_bn."""
+    device = next(model.parameters()).device
+    model = model.eval() if running_bn else copy.deepcopy(model).train()
+    images = []
+    for p, z in zip(patterns.split(SAMPLE_BATCH), noise.split(SAMPLE_BATCH)):
+        position = torch.full((len(p),), 50.0, device=device)
+        with common.autocast(device):
+            images.append(model(z.to(device), masks_of(p.to(device), args), position).float())
+    return (torch.cat(images).clamp(-1, 1) + 1) / 2
+
+
+def sample(run: common.Run, n: int, sampler: str = "uniform", seed: int = 0) -> torch.Tensor:
+    """n new images [n, C, S, S] in [0, 1] from fresh patterns: stage-1 cluster drawn with
+    the sampler's probabilities, channels uniform within it and in stages 2 and 3."""
+    if sampler not in run.samplers:
+        raise common.UserError(f"a deciphering run has no '{sampler}' sampler (it has "
+                               f"{', '.join(run.samplers)})")
+    args, g = Args(**run.args), torch.Generator().manual_seed(seed)
+    labels = torch.multinomial(run.samplers[sampler], n, replacement=True, generator=g)
+    patterns = draw_patterns(labels, args, g)
+    channels = run.model.decoder[-1].out_channels
+    noise = torch.randn(n, channels, args.image_size, args.image_size, generator=g)
+    return generate(run.model, patterns, noise, args, running_bn=sampler == "running-bn")
+
+
+def load_run(run_dir: str, device: str = "cpu") -> common.Run:
+    """A trained run: its EMA model on `device`, and the stage-1 cluster probabilities of
+    each sampler: uniform, or the clusters' shares of the training set."""
+    checkpoint = common.load_checkpoint(run_dir, method="deciphering")
+    args = Args(**checkpoint["args"])
+    model = DecipheringAE(checkpoint["data_shape"][0], args.image_size, args.widths,
+                          args.latent_dim)
+    model.load_state_dict(checkpoint["ema"])
+    uniform = torch.full((args.clusters,), 1.0 / args.clusters)
+    samplers = {"uniform": uniform, "running-bn": uniform}
+    if args.clusters > 1:
+        labels = checkpoint["labels"].long()
+        samplers["clusters"] = torch.bincount(labels, minlength=args.clusters) / len(labels)
+    return common.Run(model.to(device).eval(), checkpoint["args"], samplers, Path(run_dir))
+
+
+def paper_fid(args: dict, ref: str = "test") -> dict:
+    """Table 1 after both phases; phase one alone: Table 2 by clusters (its reference split
+    is not stated; the text compares it with the test figures)."""
+    if args["dataset"] != "cifar10" or args["widths"] != [128, 256, 512, 1024]:
+        return {}
+    if args["finetune_from"]:
+        return {"uniform": {"train": 39.02, "test": 42.73}[ref]}
+    table2 = {1: 48.72, 8: 42.83, 16: 45.88, 32: 44.15, 64: 44.39}
+    return {"uniform": table2[args["clusters"]]} if ref == "test" and args["clusters"] in table2 else {}
+
+
+def main(args: Args, given: set):
+    train(args, given)
+
+
+if __name__ == "__main__":
+    common.cli(main, Args, __doc__)
