@@ -617,15 +617,37 @@ def save_epoch(folder: Path, method: str, args, epoch: int, model, optimizer,
     return state
 
 
-def fit_ex_post(state: dict, encoder, train_images: torch.Tensor, folder: Path, seed: int,
-                gmm_components: int) -> dict:
-    """After training: encode the training set (eval-mode BN), fit N(0, I), MVG and GMM,
-    store them in the checkpoint. Returns the samplers."""
+def fit_ex_post(state: dict, model: nn.Module, train_images: torch.Tensor,
+                test_images: torch.Tensor, folder: Path, seed: int, gmm_components: int) -> "Run":
+    """After training a backbone method (.encoder, .decoder): encode the training set
+    (eval-mode BN), fit N(0, I), MVG and GMM, store them in the checkpoint, and write a
+    sample grid per sampler and interpolations between test images. Returns the run."""
     print("encoding the training set and fitting N(0, I), MVG and GMM ...")
-    samplers = fit_samplers(encode_all(encoder, train_images), seed, gmm_components)
+    model.eval()
+    samplers = fit_samplers(encode_all(model.encoder, train_images), seed, gmm_components)
     state["samplers"] = {name: s.state_dict() for name, s in samplers.items()}
     atomic_save(state, folder / CHECKPOINT)
-    return samplers
+    run = Run(model, state["args"], samplers, folder)
+    save_sample_grids(run, seed)
+    save_interpolations(run, test_images.float() / 255, folder / "interpolations.png")
+    return run
+
+
+@torch.no_grad()
+def save_test_reconstructions(model: nn.Module, test_images: torch.Tensor, folder: Path):
+    """reconstructions.png of a backbone method: test images and sigmoid(D(E(x))), eval mode."""
+    model.eval()
+    x = test_images.float() / 255
+    reconstructions = torch.sigmoid(model.decoder(model.encoder(x)))
+    save_reconstructions(x, reconstructions, folder / "reconstructions.png")
+
+
+def daly_learning_rate(epoch: int, epochs: int, lr: float, warmup_lr: float) -> float:
+    """Daly et al.'s schedule (DAE and its VAE baseline): one warm-up epoch at warmup_lr,
+    then lr, x0.1 from epoch int(0.33 E) and again from int(0.66 E)."""
+    if epoch == 0:
+        return warmup_lr
+    return lr * 0.1 ** ((epoch >= int(0.33 * epochs)) + (epoch >= int(0.66 * epochs)))
 
 
 def stop_if_diverged(loss: float, epoch: int, folder: Path):
@@ -697,6 +719,19 @@ def sample(run: Run, n: int, sampler: str = "gmm", seed: int = 0) -> torch.Tenso
                         f"{sorted(run.samplers) or 'none: finish training first'})")
     device = next(run.model.parameters()).device
     return decode(run, run.samplers[sampler].sample(n, seed).to(device))
+
+
+@torch.no_grad()
+def save_interpolations(run: Run, images: torch.Tensor, path: Path, steps: int = 8):
+    """Rows of: test image a, decodings of (1 - t) E(a) + t E(b) for `steps` values of t
+    from 0 to 1, test image b; pairs (0, 1), (2, 3), ... of `images` [N, C, H, W] in [0, 1]."""
+    pairs = min(8, len(images) // 2)
+    a, b = images[0:2 * pairs:2], images[1:2 * pairs:2]  # [P, C, H, W] each
+    t = torch.linspace(0, 1, steps, device=images.device)[None, :, None]  # [1, steps, 1]
+    codes = encode(run, a)[:, None] * (1 - t) + encode(run, b)[:, None] * t  # [P, steps, d]
+    decoded = decode(run, codes.flatten(0, 1)).view(len(a), steps, *images.shape[1:])
+    rows = torch.cat([a[:, None], decoded.to(images.device), b[:, None]], 1)
+    save_grid(rows.flatten(0, 1), path, nrow=steps + 2)
 
 
 def save_sample_grids(run: Run, seed: int):

@@ -134,21 +134,13 @@ class DAE(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------
-# Loss and schedule
+# Loss (the schedule, shared with vae.py, is common.daly_learning_rate)
 # ----------------------------------------------------------------------------------------
 
 
 def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy, mean over pixels and batch: the DAE's only loss term."""
     return F.binary_cross_entropy_with_logits(logits.float(), x)
-
-
-def learning_rate(args: Args, epoch: int) -> float:
-    """One warm-up epoch at 1e-4, then 1e-3, 1e-4, 1e-5 switching at 33% and 66%."""
-    if epoch == 0:
-        return args.warmup_lr
-    decays = (epoch >= int(0.33 * args.epochs)) + (epoch >= int(0.66 * args.epochs))
-    return args.lr * 0.1 ** decays
 
 
 # ----------------------------------------------------------------------------------------
@@ -169,7 +161,7 @@ def train(args: Args, given: set):
     steps = len(train_images) // args.batch_size
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
-        lr = learning_rate(args, epoch)
+        lr = common.daly_learning_rate(epoch, args.epochs, args.lr, args.warmup_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
@@ -192,18 +184,12 @@ def train(args: Args, given: set):
         seconds = time.time() - started
         common.log_epoch(folder, {"epoch": epoch + 1, "bce": bce, "lr": lr, "seconds": seconds,
                                   "images_per_sec": steps * args.batch_size / seconds})
-        model.eval()
-        with torch.no_grad():
-            reconstructions = torch.sigmoid(model(test_images.float() / 255)[0])
-        common.save_reconstructions(test_images.float() / 255, reconstructions,
-                                    folder / "reconstructions.png")
+        common.save_test_reconstructions(model, test_images, folder)
         state = common.save_epoch(folder, "dae", args, epoch, model, optimizer, data_shape)
 
     # Ex-post density estimation on the codes of the whole training set.
-    model.eval()
-    samplers = common.fit_ex_post(state, model.encoder, train_images, folder, args.seed,
-                                  args.gmm_components)
-    common.save_sample_grids(common.Run(model, state["args"], samplers, folder), args.seed)
+    common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
+                       args.gmm_components)
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
     return folder
 

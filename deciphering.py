@@ -407,7 +407,8 @@ def train(args: Args, given: set):
             target = shift_images(x, shifts, args.max_shift)  # T(x_i, r)
             noise = torch.randn_like(x)  # the encoder's input
             with common.autocast(device):
-                output = forward(noise, masks_of(codes, args), shift_position(shifts, args.max_shift))
+                position = shift_position(shifts, args.max_shift)  # what the MLP reads
+                output = forward(noise, masks_of(codes, args), position)  # g_theta(z_i, r)
                 loss = lpips_loss(lpips_net, output, target, args.lpips_size)  # Eq. (2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -492,7 +493,8 @@ def paper_fid(args: dict, ref: str = "test") -> dict:
     if args["finetune_from"]:
         return {"uniform": {"train": 39.02, "test": 42.73}[ref]}
     table2 = {1: 48.72, 8: 42.83, 16: 45.88, 32: 44.15, 64: 44.39}
-    return {"uniform": table2[args["clusters"]]} if ref == "test" and args["clusters"] in table2 else {}
+    found = ref == "test" and args["clusters"] in table2
+    return {"uniform": table2[args["clusters"]]} if found else {}
 
 
 def main(args: Args, given: set):

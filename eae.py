@@ -209,21 +209,15 @@ def train(args: Args, given: set):
             # With BN's moments fixed this gap is KL(q || N(0, I)), up to the estimator's bias.
             "entropy_gap": normal_entropy(args.latent_dim) - entropy, "l2": l2, "lr": lr,
             "seconds": seconds, "images_per_sec": steps * args.batch_size / seconds})
-        model.eval()
-        with torch.no_grad():
-            reconstructions = torch.sigmoid(model(test_images.float() / 255)[0])
-        common.save_reconstructions(test_images.float() / 255, reconstructions,
-                                    folder / "reconstructions.png")
+        common.save_test_reconstructions(model, test_images, folder)
         # Samples looking good early predict the final FID (Appendix): a grid every epoch.
         prior = common.Run(model, {}, {"normal": common.normal_sampler(args.latent_dim)}, folder)
         common.save_grid(sample(prior, 64, "normal", args.seed), folder / "samples_normal.png")
         state = common.save_epoch(folder, "eae", args, epoch, model, optimizer, data_shape)
 
     # N(0, I) needs no fitting; MVG and GMM are fitted on the training codes for comparison.
-    model.eval()
-    samplers = common.fit_ex_post(state, model.encoder, train_images, folder, args.seed,
-                                  args.gmm_components)
-    common.save_sample_grids(common.Run(model, state["args"], samplers, folder), args.seed)
+    common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
+                       args.gmm_components)
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
     return folder
 

@@ -160,7 +160,8 @@ def deciphering_section(device_name: str, batch_sizes, steps: int, compile: bool
     args = D.Args()
     print(f"\n| deciphering step, {device}, torch {torch.__version__}, LPIPS ({weights} AlexNet)"
           f"{', compiled' if compile else ''} | batch | data | forward | LPIPS | backward | "
-          f"optimizer + EMA | step (unsynced) | s / CIFAR-10 epoch | peak memory |\n" + "|---" * 10 + "|")
+          f"optimizer + EMA | step (unsynced) | s / CIFAR-10 epoch | peak memory |\n"
+          + "|---" * 10 + "|")
     for batch in batch_sizes:
         torch.manual_seed(0)
         model = D.DecipheringAE(3, 32, args.widths, args.latent_dim).to(device)

@@ -23,7 +23,8 @@ def tiny_args(**changes):
 
 
 def test_pattern_count_is_the_product_of_binomials():
-    assert D.pattern_count([128, 256, 512], [1, 4, 16]) == 128 * math.comb(256, 4) * math.comb(512, 16)
+    expected = 128 * math.comb(256, 4) * math.comb(512, 16)
+    assert D.pattern_count([128, 256, 512], [1, 4, 16]) == expected
     assert f"{float(D.pattern_count([128, 256, 512], [1, 4, 16])):.3g}" == "1.88e+40"  # the paper
     assert D.pattern_count([4, 5], [2, 1]) == 6 * 5
 
@@ -38,7 +39,8 @@ def test_patterns_have_exact_counts_are_distinct_and_reproducible():
         assert set(mask.unique().tolist()) == {0.0, 1.0}
     assert len(torch.unique(patterns, dim=0)) == 400  # 400 draws of 896: duplicates redrawn
     assert torch.equal(patterns, D.make_patterns(labels, args))
-    assert not torch.equal(patterns, D.make_patterns(labels, D.dataclasses.replace(args, pattern_seed=1)))
+    other_seed = D.dataclasses.replace(args, pattern_seed=1)
+    assert not torch.equal(patterns, D.make_patterns(labels, other_seed))
 
 
 def test_too_few_patterns_for_a_cluster_is_a_user_error():

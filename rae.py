@@ -1,0 +1,292 @@
+"""Regularized autoencoders: RAE-L2, RAE-GP, RAE-SN, RAE and AE (Ghosh et al. 2020).
+
+Paper: "From Variational to Deterministic Autoencoders", P. Ghosh, M. S. M. Sajjadi,
+A. Vergari, M. Black and B. Schoelkopf, ICLR 2020, https://openreview.net/forum?id=S1g7tpEYDS
+(official code: github.com/ParthaEth/Regularized_autoencoders-RAE-)
+
+The method. A VAE can be read as a deterministic autoencoder whose decoder is fed noisy
+codes: the noise makes the decoder smooth and the KL term keeps the codes small. RAEs keep
+those two effects and drop the sampling: a deterministic encoder, a penalty on the size of
+the code (L_z), and an explicit regulariser of the decoder (L_REG): an L2 penalty on its
+weights, a gradient penalty, or spectral normalisation. Without a prior to sample from, a
+density is fitted to the training codes after training (ex-post density estimation: a
+10-component GMM, or one full-covariance Gaussian) and its samples are decoded.
+
+    L_REC = ||x - D(E(x))||_2^2                                   Eq. (9)
+    L_z   = 1/2 ||z||_2^2,  z = E(x)                               Eq. (10)
+    L     = L_REC + beta L_z + lambda L_REG                        Eq. (11)
+    RAE-GP: L_REG = ||grad_z ||D(z)||^2 ||_2^2                     Eq. (12)
+    RAE-L2: L_REG = ||theta_D||_2^2                                 Eq. (13)
+    RAE-SN: D spectrally normalised (lambda = 0); RAE: L_z only; AE: neither.
+
+Reproduce (FID with `python eval.py RUN_DIR`: REC | N(0,I) | MVG | GMM | Interp as Table 1;
+the paper's N column for RAEs is the fitted Gaussian, our MVG). V is any of rae-l2, rae-gp,
+rae-sn, rae, ae; each gets the official beta and lambda of its data set:
+    CIFAR-10 (Table 1 GMM: RAE-L2 74.16, RAE-GP 76.33, RAE-SN 75.30, RAE 76.28, AE 76.47):
+        python rae.py --dataset cifar10 --variant V
+    MNIST (padded to 32x32, latent 16; GMM: 8.69, 11.54, 11.74, 9.81, 10.66):
+        python rae.py --dataset mnist --latent-dim 16 --variant V
+    CelebA 64x64 (crop 140, latent 64, lr 1e-3, 70 epochs; GMM: 47.97, 45.63, 40.95, 44.68,
+    45.10):
+        python rae.py --dataset celeba --data-root DATA --latent-dim 64 --lr 1e-3 --epochs 70 \\
+            --variant V
+    Spectral norm on every layer, as the official code: --variant rae-sn --sn-layers all
+
+Loss scale. The official code averages: mean squared error over the P pixels, beta_code *
+mean_d z^2, gamma_code * mean_d (grad)^2, lambda_code * sum W^2. This file sums as the
+paper's equations; multiplying the code's loss by P gives ours with
+    beta = 2 P beta_code / d,   lambda (L2) = P lambda_code,   lambda (GP) = P gamma_code / d,
+and --beta / --reg-weight set to -1 take the official per-data-set values so converted.
+
+Deviations and choices:
+  - Backbone as dae.py (common.py): the official MNIST/CIFAR net, 5x5 kernels for CelebA;
+    Keras init and batch-norm constants; inputs to [-1, 1] for every data set (the
+    official code does not rescale CelebA); sigmoid output.
+  - CIFAR-10 RAE-GP: the official entry has gamma 0 (a stale copy of the CV-VAE entry);
+    we use CelebA's gamma_code 1e-7 with its beta_code 9e-4.
+  - RAE-L2 penalises decoder kernels only (no biases, no BN): the ConvTs always, the first
+    Dense only for CelebA, as the official code. RAE-GP differentiates the squared output
+    norm with respect to z through the decoder (official; pythae uses the input image).
+  - RAE-SN: spectral normalisation (one power iteration per step) of the decoder, as the
+    paper says; --sn-layers all does every layer, as the official code. BN is kept.
+  - Validation: the last tenth of the training split is held out of training; its loss
+    drives the learning-rate halving (patience 5). The official code's validation set
+    overlaps its training set by 40k images. We keep the last epoch, not the best one.
+  - GMM: scikit-learn, 10 components, full covariance, max_iter 2000, tol 1e-3 (official).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import common
+from common import arg
+
+VARIANTS = ("rae-l2", "rae-gp", "rae-sn", "rae", "ae")
+# Official (beta_code, regulariser_code) per data set and variant (configurations/config.py).
+OFFICIAL = {
+    "mnist": {"rae-gp": (1e-4, 5e-8), "rae-l2": (1e-4, 1e-7), "rae-sn": (9e-3, 0),
+              "rae": (5e-4, 0), "ae": (0, 0)},
+    "cifar10": {"rae-gp": (9e-4, 1e-7), "rae-l2": (1e-3, 1e-6), "rae-sn": (3e-2, 0),
+                "rae": (1e-2, 0), "ae": (0, 0)},
+    "celeba": {"rae-gp": (1e-4, 1e-7), "rae-l2": (1e-4, 1e-7), "rae-sn": (2.4e-3, 0),
+               "rae": (1e-4, 0), "ae": (0, 0)},
+}
+# Table 1 of the paper (test-set reference): (REC, N = fitted Gaussian, GMM, Interp), which
+# eval.py prints beside ours. Only some cells could be checked against the official configs.
+PAPER_FID = {
+    "cifar10": {"rae-gp": (32.17, 83.05, 76.33, 64.08), "rae-l2": (32.24, 80.80, 74.16, 62.54),
+                "rae-sn": (27.61, 84.25, 75.30, 63.62), "rae": (29.05, 83.87, 76.28, 63.27),
+                "ae": (30.52, 84.74, 76.47, 61.57)},
+    "mnist": {"rae-gp": (14.04, 22.21, 11.54, 15.32), "rae-l2": (10.53, 22.22, 8.69, 14.54),
+              "rae-sn": (15.65, 19.67, 11.74, 15.15), "rae": (11.67, 23.92, 9.81, 14.67),
+              "ae": (12.95, 24.32, 10.66, 14.70)},
+    "celeba": {"rae-gp": (39.71, 116.30, 45.63, 47.00), "rae-l2": (43.52, 51.13, 47.97, 45.98),
+               "rae-sn": (36.01, 44.74, 40.95, 39.53), "rae": (40.18, 48.20, 44.68, 43.67),
+               "ae": (40.79, 127.85, 45.10, 50.94)},
+}
+
+
+@dataclass
+class Args:
+    dataset: str = arg("cifar10", "data set", choices=common.DATASETS)
+    data_root: str = arg("data", "folder of the data set (torchvision downloads into it)")
+    image_size: int = arg(0, "image side; 0: the data set's own (64 for celeba, else 32)", low=0)
+    crop: int = arg(0, "centre crop before resizing; 0: 140 for celeba, none otherwise", low=0)
+    variant: str = arg("rae-l2", "regulariser of the decoder", choices=VARIANTS)
+    beta: float = arg(-1.0, "weight of L_z = ||z||^2 / 2; -1: official for the data set")
+    reg_weight: float = arg(-1.0, "lambda of L_REG (L2 or GP); -1: official for the data set")
+    sn_layers: str = arg("decoder", "RAE-SN: spectral norm on the decoder (paper) or all "
+                         "layers (official code)", choices=("decoder", "all"))
+    filters: int = arg(128, "filter base f: encoder stages have f, 2f, 4f, 8f filters", low=1)
+    depth: list[int] = arg([1], "convs per stage (strided last): one value or four", low=1)
+    latent_dim: int = arg(128, "latent units: 128 CIFAR-10, 16 MNIST, 64 CelebA", low=1)
+    epochs: int = arg(100, "training epochs (70 for CelebA)", low=1)
+    batch_size: int = arg(100, "batch size", low=1)
+    lr: float = arg(5e-4, "Adam learning rate (1e-3 for CelebA)", low=0)
+    patience: int = arg(5, "halve the lr after this many epochs without a better val loss", low=1)
+    gmm_components: int = arg(10, "components of the ex-post GMM", low=1)
+    seed: int = arg(0, "seed of initialisation, batch order and samplers")
+    device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
+    out_dir: str = arg("runs", "parent folder of the run folders")
+    resume: str = arg("", "run folder to continue from its last checkpoint")
+
+
+def weights(args: Args, pixels: int) -> tuple[float, float]:
+    """(beta, lambda) of Eq. (11) for summed losses: the flags, or the official values
+    converted (docstring: loss scale)."""
+    beta_code, reg_code = OFFICIAL.get(args.dataset, OFFICIAL["cifar10"])[args.variant]
+    beta = args.beta if args.beta >= 0 else 2 * pixels * beta_code / args.latent_dim
+    per_unit = pixels / args.latent_dim if args.variant == "rae-gp" else pixels
+    return beta, args.reg_weight if args.reg_weight >= 0 else per_unit * reg_code
+
+
+# ----------------------------------------------------------------------------------------
+# Model: the common backbone; spectral norm for RAE-SN
+# ----------------------------------------------------------------------------------------
+
+
+class RAE(nn.Module):
+    def __init__(self, args: Args, channels: int, image_size: int):
+        super().__init__()
+        sn = args.sn_layers if args.variant == "rae-sn" else "none"
+        self.encoder = common.Encoder(channels, image_size, args.filters, args.depth,
+                                      args.latent_dim, spectral_norm=sn)
+        self.decoder = common.Decoder(channels, image_size, args.filters, args.depth,
+                                      args.latent_dim, spectral_norm=sn)
+
+    def forward(self, x):  # x [B, C, H, W] in [0, 1]
+        z = self.encoder(x)  # [B, d]
+        return self.decoder(z), z  # logits [B, C, H, W], codes [B, d]
+
+
+# ----------------------------------------------------------------------------------------
+# Losses: Eqs. (9)-(13)
+# ----------------------------------------------------------------------------------------
+
+
+def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Eq. (9): squared error summed over pixels, mean over the batch."""
+    return (torch.sigmoid(logits.float()) - x).square().flatten(1).sum(1).mean()
+
+
+def latent_loss(z: torch.Tensor) -> torch.Tensor:
+    """Eq. (10): ||z||^2 / 2, mean over the batch."""
+    return 0.5 * z.float().square().sum(1).mean()
+
+
+def gradient_penalty(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Eq. (12): ||d ||D(z)||^2 / dz||^2, mean over the batch; differentiable (it is
+    trained through). With BN in train mode a sample's output depends on its batch, so
+    the gradient of the batch's summed squared norms is taken, as the official code."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_() if not z.requires_grad else z
+        output_norm = torch.sigmoid(decoder(z).float()).square().sum()
+        (grad,) = torch.autograd.grad(output_norm, z, create_graph=True)
+    return grad.square().sum(1).mean()
+
+
+def decoder_l2(model: RAE, include_dense: bool) -> torch.Tensor:
+    """Eq. (13): sum of squared decoder kernels; the first Dense only if include_dense."""
+    kernels = [p for n, p in model.decoder.named_parameters()
+               if p.ndim > 1 and (include_dense or not n.startswith("from_latent"))]
+    return sum(p.square().sum() for p in kernels)
+
+
+def loss_terms(model: RAE, x: torch.Tensor, args: Args, forward=None) -> dict:
+    """L_REC, L_z and L_REG of a batch (L_REG 0 where the variant has none)."""
+    logits, z = (forward or model)(x)
+    terms = {"rec": reconstruction_loss(logits, x), "lz": latent_loss(z)}
+    if args.variant == "rae-gp":
+        terms["reg"] = gradient_penalty(model.decoder, z)
+    elif args.variant == "rae-l2":
+        terms["reg"] = decoder_l2(model, include_dense=args.dataset == "celeba")
+    else:
+        terms["reg"] = torch.zeros((), device=x.device)
+    return terms
+
+
+# ----------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------
+
+
+def train(args: Args, given: set):
+    args, checkpoint, device, train_images, test_images = common.start(args, given, "rae")
+    n_val = max(1, len(train_images) // 10)  # held out for the learning-rate schedule
+    train_images, val_images = train_images[:-n_val], train_images[-n_val:]
+    if args.batch_size > len(train_images):
+        raise common.UserError(f"--batch-size {args.batch_size} is larger than the "
+                               f"{len(train_images)} training images left after validation")
+    data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
+    beta, reg_weight = weights(args, data_shape[0] * data_shape[1] ** 2)
+    print(f"{args.variant}: beta {beta:.4g}, lambda {reg_weight:.4g} (summed losses)")
+    model = RAE(args, *data_shape).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
+                                                         patience=args.patience)
+    folder, start_epoch = common.open_run("rae", args, checkpoint, model, optimizer)
+    if checkpoint is not None:
+        plateau.load_state_dict(checkpoint["plateau"])
+    forward = torch.compile(model) if args.compile else model
+
+    def total(terms):  # Eq. (11)
+        return terms["rec"] + beta * terms["lz"] + reg_weight * terms["reg"]
+
+    steps = len(train_images) // args.batch_size
+    state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        started, sums = time.time(), torch.zeros(3, device=device)
+        bar = tqdm(common.batches(train_images, args.batch_size, args.seed, epoch),
+                   total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        for step, x in enumerate(bar):
+            with common.autocast(device):
+                terms = loss_terms(model, x, args, forward)
+            loss = total(terms)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.stack(list(terms.values())).detach()
+            if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
+                bar.set_postfix(rec=f"{terms['rec'].item():.2f}")
+                common.stop_if_diverged(loss.item(), epoch, folder)
+        rec, lz, reg = (sums / steps).tolist()
+        model.eval()  # validation loss (BN with running statistics) drives the lr
+        with torch.no_grad():
+            val = [total(loss_terms(model, x.float() / 255, args)).item()
+                   for x in val_images.split(args.batch_size)]
+        val_loss = sum(val) / len(val)
+        common.stop_if_diverged(val_loss, epoch, folder)
+        lr = optimizer.param_groups[0]["lr"]
+        plateau.step(val_loss)
+        seconds = time.time() - started
+        common.log_epoch(folder, {"epoch": epoch + 1, "rec": rec, "lz": lz, "reg": reg,
+                                  "val_loss": val_loss, "lr": lr, "seconds": seconds,
+                                  "images_per_sec": steps * args.batch_size / seconds})
+        common.save_test_reconstructions(model, test_images, folder)
+        state = common.save_epoch(folder, "rae", args, epoch, model, optimizer, data_shape,
+                                  plateau=plateau.state_dict())
+
+    # Ex-post density estimation on the codes of the training split.
+    common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
+                       args.gmm_components)
+    print(f"done: grids, log.jsonl and checkpoint in {folder}")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------
+# Sampling, and the functions eval.py calls
+# ----------------------------------------------------------------------------------------
+
+
+def load_run(run_dir: str, device: str = "cpu") -> common.Run:
+    """A trained run: the model in eval mode on `device` and its fitted samplers."""
+    return common.load_run(run_dir, device, lambda args, shape: RAE(Args(**args), *shape))
+
+
+# decode(sample(MVG | GMM)) is how an RAE generates; N(0, I) is offered for comparison.
+encode, decode, sample = common.encode, common.decode, common.sample
+
+
+def paper_fid(args: dict, ref: str = "test") -> dict:
+    """Table 1's FIDs for this run's data set and variant (official settings only)."""
+    table = PAPER_FID.get(args["dataset"], {}).get(args["variant"])
+    if ref != "test" or table is None or args["beta"] >= 0 or args["reg_weight"] >= 0:
+        return {}
+    return dict(zip(("rec", "mvg", "gmm", "interp"), table))
+
+
+def main(args: Args, given: set):
+    train(args, given)
+
+
+if __name__ == "__main__":
+    common.cli(main, Args, __doc__)
