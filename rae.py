@@ -160,14 +160,13 @@ def latent_loss(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * z.float().square().sum(1).mean()
 
 
-def gradient_penalty(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Eq. (12): ||d ||D(z)||^2 / dz||^2, mean over the batch; differentiable (it is
-    trained through). With BN in train mode a sample's output depends on its batch, so
-    the gradient of the batch's summed squared norms is taken, as the official code."""
-    with torch.enable_grad():
-        z = z.detach().requires_grad_() if not z.requires_grad else z
-        output_norm = torch.sigmoid(decoder(z).float()).square().sum()
-        (grad,) = torch.autograd.grad(output_norm, z, create_graph=True)
+def gradient_penalty(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Eq. (12): ||d ||D(z)||^2 / dz||^2, mean over the batch, from the forward pass's own
+    graph (logits = D(z)) and differentiable, as it is trained through. With BN in train
+    mode a sample's output depends on its batch, so the gradient of the batch's summed
+    squared norms is taken, as the official code does."""
+    output_norm = torch.sigmoid(logits.float()).square().sum()
+    (grad,) = torch.autograd.grad(output_norm, z, create_graph=True)
     return grad.square().sum(1).mean()
 
 
@@ -183,7 +182,7 @@ def loss_terms(model: RAE, x: torch.Tensor, args: Args, forward=None) -> dict:
     logits, z = (forward or model)(x)
     terms = {"rec": reconstruction_loss(logits, x), "lz": latent_loss(z)}
     if args.variant == "rae-gp":
-        terms["reg"] = gradient_penalty(model.decoder, z)
+        terms["reg"] = gradient_penalty(z, logits)
     elif args.variant == "rae-l2":
         terms["reg"] = decoder_l2(model, include_dense=args.dataset == "celeba")
     else:
@@ -215,7 +214,8 @@ def train(args: Args, given: set):
     folder, start_epoch = common.open_run("rae", args, checkpoint, model, optimizer)
     if checkpoint is not None:
         plateau.load_state_dict(checkpoint["plateau"])
-    forward = torch.compile(model) if args.compile else model
+    # RAE-GP differentiates twice, which compiled graphs do not support: it runs eagerly.
+    forward = torch.compile(model) if args.compile and args.variant != "rae-gp" else model
 
     def total(terms):  # Eq. (11)
         return terms["rec"] + beta * terms["lz"] + reg_weight * terms["reg"]
@@ -240,7 +240,7 @@ def train(args: Args, given: set):
                 common.stop_if_diverged(loss.item(), epoch, folder)
         rec, lz, reg = (sums / steps).tolist()
         model.eval()  # validation loss (BN with running statistics) drives the lr
-        with torch.no_grad():
+        with torch.enable_grad() if args.variant == "rae-gp" else torch.no_grad():
             val = [total(loss_terms(model, x.float() / 255, args)).item()
                    for x in val_images.split(args.batch_size)]
         val_loss = sum(val) / len(val)

@@ -43,16 +43,16 @@ def test_gradient_penalty_equals_jacobian_computation():
     torch.manual_seed(0)
     decoder = common.Decoder(1, 32, filters=4, latent_dim=5).eval()  # samples independent
     z = torch.randn(3, 5)
-    got = rae.gradient_penalty(decoder, z)
+    z.requires_grad_()
+    got = rae.gradient_penalty(z, decoder(z))
     expected = []
-    for zi in z:  # d ||D(z)||^2 / dz = 2 J^T D(z), J the decoder's Jacobian at z
+    for zi in z.detach():  # d ||D(z)||^2 / dz = 2 J^T D(z), J the decoder's Jacobian at z
         out = lambda v: torch.sigmoid(decoder(v[None])).flatten()  # noqa: E731
         jacobian = torch.autograd.functional.jacobian(out, zi)  # [P, 5]
         grad = 2 * jacobian.T @ out(zi)
         expected.append(grad.square().sum())
     assert got.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-4)
-    z.requires_grad_()
-    rae.gradient_penalty(decoder, z).backward()  # it can be trained through
+    rae.gradient_penalty(z, decoder(z)).backward()  # it can be trained through
     assert z.grad is not None and next(decoder.parameters()).grad is not None
 
 
