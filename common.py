@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -419,13 +420,22 @@ class LatentSampler:
         eigvals, eigvecs = torch.linalg.eigh(self.covs)
         self.factors = eigvecs * eigvals.clamp(min=0).sqrt()[:, None, :]  # [K, d, d]
 
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """n codes [n, d] (float32, CPU); components drawn per sample, so never grouped."""
+    def sample(self, n: int, seed: int = 0, device="cpu") -> torch.Tensor:
+        """n codes [n, d] (float32, drawn on the CPU, returned on `device`); components are
+        drawn per sample, so never grouped."""
         g = torch.Generator().manual_seed(seed)
         component = torch.multinomial(self.weights, n, replacement=True, generator=g)
         noise = torch.randn(n, self.means.shape[1], generator=g, dtype=torch.float64)
         z = self.means[component] + torch.einsum("nij,nj->ni", self.factors[component], noise)
-        return z.float()
+        return z.float().to(device)
+
+    def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
+        """log density (nats) of each code [N, d] -> [N], float64; 1e-6 added to the
+        covariance diagonals so that N(0, I)'s peers with singular covariances have one."""
+        covs = self.covs + 1e-6 * torch.eye(self.covs.shape[-1], dtype=torch.float64)
+        components = torch.distributions.MultivariateNormal(self.means, covs)  # batch [K]
+        per_component = components.log_prob(codes.detach().cpu().double()[:, None])  # [N, K]
+        return torch.logsumexp(per_component + self.weights.log(), dim=1)
 
     def state_dict(self) -> dict:
         return {"weights": self.weights, "means": self.means, "covs": self.covs}
@@ -460,7 +470,16 @@ def fit_samplers(codes: torch.Tensor, seed: int = 0, gmm_components: int = 10) -
 
 
 def samplers_from_state(states: dict) -> dict:
-    return {name: LatentSampler(**state) for name, state in states.items()}
+    """The samplers stored in a checkpoint: Gaussian mixtures, and the latent density
+    estimator of iae_lde.py where `python iae_lde.py --fit-lde RUN` added one."""
+    samplers = {}
+    for name, state in states.items():
+        if state.get("kind") == "lde":
+            from iae_lde import LDESampler  # the LDE is that paper's method: it lives there
+            samplers[name] = LDESampler.from_state(state)
+        else:
+            samplers[name] = LatentSampler(**state)
+    return samplers
 
 
 # 5. Run utilities ------------------------------------------------------------------------
@@ -676,6 +695,16 @@ def save_reconstructions(images: torch.Tensor, reconstructions: torch.Tensor, pa
     save_grid(pairs.flatten(0, 2), path, nrow=8)
 
 
+def method_of(run_dir: str):
+    """The method file (module) that wrote a run, imported: eval.py and iae_lde.py use its
+    load_run / encode / decode / sample, whatever the method."""
+    name = load_checkpoint(run_dir).get("method", "")
+    if not (Path(__file__).parent / f"{name}.py").is_file():
+        raise UserError(f"{run_dir} was not written by a method file of this project "
+                        f"(method '{name}')")
+    return importlib.import_module(name)
+
+
 class Run(typing.NamedTuple):
     """What a method file's load_run returns to eval.py."""
 
@@ -718,7 +747,7 @@ def sample(run: Run, n: int, sampler: str = "gmm", seed: int = 0) -> torch.Tenso
         raise UserError(f"{run.folder} has no '{sampler}' sampler (it has "
                         f"{sorted(run.samplers) or 'none: finish training first'})")
     device = next(run.model.parameters()).device
-    return decode(run, run.samplers[sampler].sample(n, seed).to(device))
+    return decode(run, run.samplers[sampler].sample(n, seed, device))
 
 
 @torch.no_grad()

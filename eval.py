@@ -28,7 +28,6 @@ decode(run, z); paper_fid(args, ref) gives the paper's figures to print beside o
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from dataclasses import dataclass
@@ -146,12 +145,8 @@ def table(columns: dict, paper: dict, smoke: bool) -> str:
 
 
 def evaluate(args: Args):
-    checkpoint = common.load_checkpoint(args.run)
-    name = checkpoint.get("method", "")
-    if not (Path(__file__).parent / f"{name}.py").is_file():
-        raise common.UserError(f"{args.run} was not written by a method file of this project "
-                               f"(method '{name}')")
-    method = importlib.import_module(name)
+    method = common.method_of(args.run)
+    name = method.__name__
     device = common.pick_device(args.device)
     run = method.load_run(args.run, device)
     samplers = args.samplers or list(run.samplers)

@@ -28,13 +28,14 @@ def run_script(*argv, timeout=600):
 
 @pytest.fixture(scope="session")
 def torch_home(tmp_path_factory):
-    """A TORCH_HOME holding random FID-Inception and AlexNet weights under the file names
-    pytorch-fid and torchvision (for LPIPS) look for."""
-    from fakes import write_random_alexnet, write_random_inception
+    """A TORCH_HOME holding random FID-Inception, AlexNet and VGG19 weights under the file
+    names pytorch-fid and torchvision (for LPIPS and the perceptual loss) look for."""
+    from fakes import write_random_alexnet, write_random_inception, write_random_vgg19
 
     home = tmp_path_factory.mktemp("torch_home")
     write_random_inception(home)
     write_random_alexnet(home)
+    write_random_vgg19(home)
     return home
 
 

@@ -42,3 +42,17 @@ def write_random_alexnet(torch_home: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(torchvision.models.alexnet().state_dict(), path)
     return path
+
+
+def write_random_vgg19(torch_home: Path, seed: int = 0) -> Path:
+    """Random VGG19 feature weights under torchvision's file name in TORCH_HOME, where
+    iae_lde.py's perceptual loss loads them from; returns the file. The classifier
+    (120M parameters the loss never reads) is left out to keep the file small."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    path = Path(torch_home) / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    features = torchvision.models.vgg19().features
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return path

@@ -1,0 +1,282 @@
+"""iae_lde.py: the LDE's causality and likelihood, the incremental code, the perceptual
+loss, the Parzen estimate, and both stages end to end with eval.py."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import common
+import iae_lde as I
+from conftest import run_eval, run_script, run_with_weights
+
+
+def lde_with_large_weights(d: int, components: int = 4, seed: int = 0) -> I.LDE:
+    """An LDE in eval mode whose weights are large enough that every input visibly moves
+    the outputs it may influence (the N(0, 0.02) init makes those effects ~1e-6)."""
+    torch.manual_seed(seed)
+    lde = I.LDE(d, components)
+    for m in lde.modules():
+        if isinstance(m, torch.nn.Conv1d):
+            torch.nn.init.normal_(m.weight, 0, 0.5)
+    return lde.eval()
+
+
+@pytest.mark.parametrize("d", [1, 2, 13, 16])
+def test_lde_is_causal(d):
+    """The mixture of dimension j is unchanged when z_j, z_j+1, ... change, and does change
+    with z_j-1 and with z_0 (the receptive field covers the whole code)."""
+    lde = lde_with_large_weights(d)
+    z = torch.randn(6, d)
+    with torch.no_grad():
+        base = torch.cat(lde(z), dim=2)  # [6, d, 3K]
+        assert base.shape == (6, d, 3 * 4)
+        for j in range(d):
+            changed = z.clone()
+            changed[:, j:] = torch.randn(6, d - j) * 3
+            torch.testing.assert_close(torch.cat(lde(changed), 2)[:, :j + 1], base[:, :j + 1])
+            if j > 0:
+                for moved in (j - 1, 0):
+                    nudged = z.clone()
+                    nudged[:, moved] += 1
+                    assert (torch.cat(lde(nudged), 2)[:, j] - base[:, j]).abs().max() > 1e-3
+
+
+def test_nll_is_minus_log_of_the_mixture_density():
+    lde = lde_with_large_weights(5, components=3)
+    z = torch.randn(4, 5)
+    with torch.no_grad():
+        log_pi, mu, log_sigma = lde(z)
+        nll = I.mixture_nll(log_pi, mu, log_sigma, z).double().numpy()  # [4, 5]
+    pi, mu, sigma = (t.double().numpy() for t in (log_pi.exp(), mu, log_sigma.exp()))
+    assert np.allclose(pi.sum(-1), 1)
+    density = (pi * stats.norm.pdf(z.double().numpy()[..., None], mu, sigma)).sum(-1)
+    assert np.allclose(nll, -np.log(density), rtol=1e-4, atol=1e-4)
+    # Eq. (2): the sampler's log p(z) is the sum over the dimensions.
+    assert np.allclose(I.LDESampler(lde).log_prob(z).numpy(), -nll.sum(1), rtol=1e-4, atol=1e-4)
+
+
+def known_mixture(n: int, seed: int):
+    """Samples and true log-density of a 3-D, 2-component Gaussian mixture with
+    correlated dimensions (bimodal, so a single Gaussian fits it badly)."""
+    weights = np.array([0.3, 0.7])
+    means = np.array([[-2.0, 0.0, 1.0], [2.0, 1.0, -1.0]])
+    covs = np.array([[[1.0, 0.8, 0.0], [0.8, 1.0, 0.3], [0.0, 0.3, 0.5]],
+                     [[0.5, -0.2, 0.0], [-0.2, 0.4, 0.1], [0.0, 0.1, 0.3]]])
+    rng = np.random.default_rng(seed)
+    component = rng.choice(2, size=n, p=weights)
+    x = np.stack([rng.multivariate_normal(means[k], covs[k]) for k in component])
+    log_density = np.log(sum(w * stats.multivariate_normal(m, c).pdf(x)
+                             for w, m, c in zip(weights, means, covs)))
+    return torch.tensor(x, dtype=torch.float32), log_density
+
+
+def test_lde_fits_a_known_mixture(tmp_path):
+    """Fitted (lr 2e-3 to converge in a short test) on 6000 samples, its test
+    log-likelihood is within 0.1 nats of the true one, and its samples' mean and covariance
+    match the mixture's (within what that gap allows)."""
+    train, _ = known_mixture(6000, seed=0)
+    test, true_log_density = known_mixture(3000, seed=1)
+    args = I.Args(components=10, lde_epochs=40, lde_lr=2e-3, lde_lr_drops=[25, 35], seed=0)
+    sampler = I.train_lde(train, args, tmp_path, torch.device("cpu"))
+    fitted = sampler.log_prob(test).numpy()
+    assert abs(fitted.mean() - true_log_density.mean()) < 0.1, fitted.mean()
+    single_gaussian = common.fit_samplers(train, gmm_components=1)["mvg"].log_prob(test).numpy()
+    assert fitted.mean() > single_gaussian.mean() + 0.3  # it found the two modes
+    drawn = sampler.sample(20000, seed=3)
+    truth, _ = known_mixture(20000, seed=2)
+    torch.testing.assert_close(drawn.mean(0), truth.mean(0), atol=0.08, rtol=0)
+    # A 0.02-nat gap allows covariances ~0.15 off; sampling that ignored z_<i would miss the
+    # cross-covariances (-1.7, 0.9) by their whole size.
+    torch.testing.assert_close(torch.cov(drawn.T), torch.cov(truth.T), atol=0.25, rtol=0)
+    assert torch.equal(sampler.sample(10, seed=4), sampler.sample(10, seed=4))
+
+
+def test_an_interrupted_lde_fit_continues_exactly(tmp_path, capsys):
+    codes, _ = known_mixture(640, seed=0)
+    args = I.Args(components=5, lde_epochs=2, lde_batch_size=64, seed=1)
+    one_epoch = I.Args(**{**vars(args), "lde_epochs": 1})
+    cpu = torch.device("cpu")
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    straight = I.train_lde(codes, args, tmp_path / "a", cpu)
+    I.train_lde(codes, one_epoch, tmp_path / "b", cpu)
+    capsys.readouterr()
+    continued = I.train_lde(codes, args, tmp_path / "b", cpu)
+    assert "continuing the LDE after its epoch 1" in capsys.readouterr().out
+    for a, b in zip(straight.lde.state_dict().values(), continued.lde.state_dict().values()):
+        assert torch.equal(a, b)
+    # Other settings, or codes of another encoder epoch, start afresh instead of mixing fits.
+    I.train_lde(codes, one_epoch, tmp_path / "c", cpu, source=3)
+    capsys.readouterr()
+    I.train_lde(codes, args, tmp_path / "c", cpu, source=4)
+    I.train_lde(codes, I.Args(**{**vars(args), "lde_epochs": 3, "lde_lr": 1e-3}), tmp_path / "c",
+                cpu, source=4)
+    assert "continuing" not in capsys.readouterr().out
+
+
+def test_stored_lde_sampler_round_trips():
+    """Through a checkpoint's sampler states, as eval.py loads it (narrowed widths too)."""
+    torch.manual_seed(0)
+    lde = I.LDE(7, 3, max_channels=32).eval()
+    restored = common.samplers_from_state({"lde": I.LDESampler(lde).state_dict()})["lde"]
+    assert isinstance(restored, I.LDESampler)
+    assert torch.equal(restored.sample(20, seed=2), I.LDESampler(lde).sample(20, seed=2))
+
+
+def test_active_dims_schedule():
+    d, warmup, steps = 10, 4, 25
+    schedule = [I.active_dims(d, warmup, epoch, step, steps)
+                for epoch in range(7) for step in range(steps)]
+    assert schedule[0] == 1
+    assert all(a == d for a in schedule[warmup * steps:])
+    assert all(a <= b for a, b in zip(schedule, schedule[1:]))
+    assert set(schedule[:warmup * steps]) == set(range(1, d + 1))  # grows through every size
+    assert I.active_dims(d, warmup, 2, 0, steps) == int(d * 2 / warmup + 1)
+    assert I.active_dims(d, 0, 0, 0, steps) == d  # W = 0: a plain AE
+
+
+def test_masked_dims_reach_the_decoder_as_zeros():
+    model = I.IAE(I.Args(filters=8, latent_dim=6), 3, 32)
+    seen = []
+    model.decoder.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    logits, z = model(torch.rand(4, 3, 32, 32), active=2)
+    assert logits.shape == (4, 3, 32, 32)
+    assert torch.equal(seen[0], z)
+    assert torch.all(z[:, 2:] == 0) and torch.all(z[:, :2] != 0)
+    assert torch.all(model.encoder(torch.rand(4, 3, 32, 32)) != 0)  # no mask outside training
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (32, 3), (48, 1), (64, 3)])
+def test_autoencoder_sized_from_the_image(size, channels):
+    """A 1x1 code and no fully connected layer at every official image size; the decoder's
+    logits are the official tanh output mapped to [0, 1]."""
+    model = I.IAE(I.Args(filters=8, latent_dim=5), channels, size).eval()
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    x = torch.rand(2, channels, size, size)
+    z = model.encoder(x)
+    assert z.shape == (2, 5)
+    logits = model.decoder(z)
+    assert logits.shape == x.shape
+    torch.testing.assert_close(torch.sigmoid(logits), (torch.tanh(logits / 2) + 1) / 2)
+
+
+def test_image_size_that_does_not_halve_is_an_error():
+    with pytest.raises(common.UserError, match="--image-size"):
+        I.IAE(I.Args(filters=8, latent_dim=5), 3, 36)
+
+
+def test_perceptual_loss(torch_home, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    perceptual = I.Perceptual()
+    stored = torch.load(torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth",
+                        weights_only=True)
+    assert torch.equal(perceptual.slices[2][-1].weight, stored["features.10.weight"])  # conv3_1
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert perceptual(x, x).item() == 0
+    output = (x + 0.2 * torch.randn_like(x)).requires_grad_()
+    loss = perceptual(output, x)
+    loss.backward()
+    assert loss.item() > 0 and output.grad.abs().sum() > 0
+    assert all(not p.requires_grad and p.grad is None for p in perceptual.parameters())
+    grey = torch.rand(2, 1, 32, 32)
+    assert perceptual(grey, grey).item() == 0  # grey images go in as RGB
+
+
+def test_perceptual_weights_missing_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(common.UserError, match="vgg19-dcbb9e9d.pth"):
+        I.Perceptual()
+
+
+def test_parzen_of_one_sample_is_a_gaussian():
+    centre, points, sigma = torch.randn(1, 5), torch.randn(7, 5), 0.3
+    got = I.parzen_log_likelihood(centre, points, [sigma, 1.0])
+    expected = stats.multivariate_normal(centre[0].numpy(), sigma ** 2 * np.eye(5)).logpdf(points)
+    assert got.shape == (2, 7)
+    assert np.allclose(got[0].numpy(), expected)
+
+
+def test_parzen_of_a_gaussian_matches_its_closed_form():
+    """Kernel width sigma on many samples of N(m, s^2 I) tends to N(m, (s^2 + sigma^2) I)."""
+    g = torch.Generator().manual_seed(0)
+    mean, s, sigma = torch.tensor([1.0, -0.5]), 0.7, 0.4
+    samples = mean + s * torch.randn(100_000, 2, generator=g)
+    points = mean + s * torch.randn(200, 2, generator=g)  # where the samples are dense
+    got = I.parzen_log_likelihood(samples, points, [sigma])[0].numpy()
+    expected = stats.multivariate_normal(mean.numpy(), (s ** 2 + sigma ** 2) * np.eye(2)
+                                         ).logpdf(points)
+    assert np.abs(got - expected).max() < 0.06 and abs(got.mean() - expected.mean()) < 0.01
+
+
+TINY = ["--filters", "8", "--latent-dim", "6", "--warmup-epochs", "1", "--epochs", "2",
+        "--batch-size", "32", "--components", "4", "--lde-epochs", "2", "--lde-batch-size", "32",
+        "--gmm-components", "2", "--device", "cpu"]
+
+
+def log_records(folder):
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def test_both_stages_then_eval_and_parzen(tmp_path, torch_home):
+    result = run_with_weights(torch_home, "iae_lde.py", "--dataset", "fake", *TINY,
+                              "--out-dir", tmp_path)  # perceptual loss 0.1 on random VGG19
+    assert result.returncode == 0, result.stderr
+    (run,) = tmp_path.iterdir()
+    for name in ("samples_lde.png", "samples_gmm.png", "interpolations.png",
+                 "reconstructions.png", I.LDE_FILE):
+        assert (run / name).stat().st_size > 0, name
+    checkpoint = common.load_checkpoint(run)
+    assert checkpoint["method"] == "iae_lde" and checkpoint["args"]["perc_weight"] == 0.1
+    assert set(checkpoint["samplers"]) == {"normal", "mvg", "gmm", "lde"}
+    records = log_records(run)
+    assert [r["active_dims"] for r in records if "active_dims" in r] == [6, 6]
+    assert [r["epoch"] for r in records if r.get("stage") == "lde" and "epoch" in r] == [1, 2]
+    nll = records[-1]["test_code_nll"]
+    assert set(nll) == {"normal", "mvg", "gmm", "lde"} and all(map(math.isfinite, nll.values()))
+
+    evaluated = run_eval(torch_home, run, "--num-samples", "16", "--samplers", "lde", "gmm",
+                         "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "| LDE |" in evaluated.stdout.replace(" | GMM", "").replace("| REC ", "| ")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert math.isfinite(metrics["columns"]["lde"]["fid"])
+
+    parzen = run_script("iae_lde.py", "--parzen", run, "--parzen-samples", "40", "--device", "cpu")
+    assert parzen.returncode == 0, parzen.stderr
+    scores = log_records(run)[-1]["parzen"]
+    assert set(scores) == {"normal", "mvg", "gmm", "lde"}
+    assert all(math.isfinite(s["log_likelihood"]) and s["standard_error"] > 0
+               for s in scores.values())
+
+
+def test_fit_lde_on_a_dae_run(tmp_path):
+    dae = run_script("dae.py", "--dataset", "digits", "--filters", "4", "--latent-dim", "4",
+                     "--epochs", "1", "--batch-size", "64", "--gmm-components", "2",
+                     "--device", "cpu", "--out-dir", tmp_path)
+    assert dae.returncode == 0, dae.stderr
+    (run,) = tmp_path.iterdir()
+    result = run_script("iae_lde.py", "--fit-lde", run, "--components", "3", "--lde-epochs", "1",
+                        "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert (run / "samples_lde.png").stat().st_size > 0
+    import dae as dae_module
+    loaded = dae_module.load_run(run)
+    assert isinstance(loaded.samplers["lde"], I.LDESampler)
+    images = dae_module.sample(loaded, 5, "lde", seed=1)
+    assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--fit-lde", "x", "--parzen", "y"], ["not both"]),
+    (["--dataset", "fake", "--image-size", "36", "--perc-weight", "0"], ["--image-size"]),
+    (["--fit-lde", "no/such/run"], ["no checkpoint.pt"]),
+])
+def test_user_errors(argv, words, tmp_path):
+    result = run_script("iae_lde.py", *argv, "--device", "cpu", "--out-dir", tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:"), result.stderr
+    assert all(word in last for word in words), result.stderr
