@@ -5,7 +5,8 @@ Contents, in reading order:
   2. data: cifar10 / mnist / celeba / folder / digits / fake as uint8 NCHW tensors, batches
   3. backbone of Tolstikhin et al. 2018 / Ghosh et al. 2020 (used by DAE, VAE, RAE, EAE)
   4. latent samplers fitted ex post on the codes: N(0, I), MVG, GMM
-  5. run utilities: device, RNG state, run folder, log, grids, atomic checkpoints, resume
+  5. run utilities: device, RNG state, run folder, log, grids, atomic checkpoints, resume;
+     several processes under torchrun (DistributedDataParallel)
   6. GPU evaluation helpers: Inception features, FID, IS, precision / recall
 
 Images that cross a file boundary are float NCHW tensors in [0, 1].
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import importlib
 import json
 import math
@@ -103,6 +105,7 @@ def cli(main, args_cls, doc: str | None):
     args, given = parse_args(args_cls, description=description)
     try:
         main(args, given)
+        end_processes()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
@@ -263,11 +266,17 @@ def _fake(split: str, image_size: int) -> torch.Tensor:
     return (images * 255).round().to(torch.uint8)
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of one epoch's batch order and augmentation, from (seed, epoch,
+    rank): a resumed run redraws the same, each torchrun process its own."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + world()[0] * 7_919_000_001)
+
+
 def batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, flip: bool = False):
     """One epoch of float [0, 1] batches sliced from a seeded permutation of uint8 `images`
     (already on the training device); drops the last incomplete batch. The permutation and
-    the flips depend only on (seed, epoch), so a resumed run sees the same batches."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    the flips depend only on (seed, epoch, rank), so a resumed run sees the same batches."""
+    g = epoch_generator(seed, epoch)
     order = torch.randperm(len(images), generator=g).to(images.device)
     flips = (torch.rand(len(images), generator=g) < 0.5).to(images.device)
     memory_format = torch.channels_last if images.is_cuda else torch.contiguous_format
@@ -326,16 +335,17 @@ def _same_conv(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
     return nn.Sequential(pad, nn.Conv2d(in_ch, out_ch, kernel))
 
 
-def _stage(conv, in_ch: int, out_ch: int, kernel: int, depth: int) -> list:
+def _stage(conv, in_ch: int, out_ch: int, kernel: int, depth: int, batch_norm=True) -> list:
     """depth-1 stride-1 convs, then the stride-2 (transposed) conv; each with BN + ReLU."""
+    norm = nn.BatchNorm2d if batch_norm else lambda _: nn.Identity()
     layers = []
     for _ in range(depth - 1):
-        layers += [_same_conv(in_ch, out_ch, kernel), nn.BatchNorm2d(out_ch), nn.ReLU()]
+        layers += [_same_conv(in_ch, out_ch, kernel), norm(out_ch), nn.ReLU()]
         in_ch = out_ch
     pad = (kernel - 1) // 2  # k4 p1 and k5 p2 both halve (or double) the size exactly
     extra = {"output_padding": kernel % 2} if conv is nn.ConvTranspose2d else {}
-    layers += [conv(in_ch, out_ch, kernel, stride=2, padding=pad, **extra),
-               nn.BatchNorm2d(out_ch), nn.ReLU()]
+    layers += [conv(in_ch, out_ch, kernel, stride=2, padding=pad, **extra), norm(out_ch),
+               nn.ReLU()]
     return layers
 
 
@@ -344,14 +354,15 @@ class Encoder(nn.Module):
 
     def __init__(self, channels: int, image_size: int, filters: int = 128, depth=1,
                  latent_dim: int = 128, latent_norm: str = "none", spectral_norm: str = "none",
-                 freeze_latent: bool = False):
+                 freeze_latent: bool = False, batch_norm: bool = True):
         super().__init__()
         if image_size % 16 or image_size < 16:
             raise UserError(f"image size must be a multiple of 16, not {image_size}")
         kernel = 4 if image_size <= 32 else 5  # 4x4 for 32x32, 5x5 for 64x64
         layers, in_ch = [], channels
         for stage, stage_depth in enumerate(_per_stage(depth, 4)):
-            layers += _stage(nn.Conv2d, in_ch, filters * 2 ** stage, kernel, stage_depth)
+            layers += _stage(nn.Conv2d, in_ch, filters * 2 ** stage, kernel, stage_depth,
+                             batch_norm)
             in_ch = filters * 2 ** stage
         self.convs = nn.Sequential(*layers, nn.Flatten())
         self.to_latent = nn.Linear(in_ch * (image_size // 16) ** 2, latent_dim)
@@ -379,7 +390,8 @@ class Decoder(nn.Module):
     4f, 2f (and f for 64x64), then a stride-1 output conv to C channels."""
 
     def __init__(self, channels: int, image_size: int, filters: int = 128, depth=1,
-                 latent_dim: int = 128, spectral_norm: str = "none", noise_std: float = 0.0):
+                 latent_dim: int = 128, spectral_norm: str = "none", noise_std: float = 0.0,
+                 batch_norm: bool = True):
         super().__init__()
         kernel = 4 if image_size <= 32 else 5
         ups = int(math.log2(image_size // 8))  # 2 for 32x32, 3 for 64x64
@@ -391,7 +403,8 @@ class Decoder(nn.Module):
         layers, in_ch = [], self.width
         for stage in range(ups):
             out_ch = filters * 2 ** (2 - stage)
-            layers += _stage(nn.ConvTranspose2d, in_ch, out_ch, kernel, depths[stage])
+            layers += _stage(nn.ConvTranspose2d, in_ch, out_ch, kernel, depths[stage],
+                             batch_norm)
             in_ch = out_ch
         layers.append(_same_conv(in_ch, channels, kernel))  # output layer, no BN
         self.convs = nn.Sequential(*layers)
@@ -484,6 +497,111 @@ def samplers_from_state(states: dict) -> dict:
 
 # 5. Run utilities ------------------------------------------------------------------------
 
+# Several processes: `torchrun --nproc_per_node=N <method>.py ...` starts N copies of a
+# script, one per GPU. Each keeps 1/N of the training set on its device and takes
+# --batch-size / N images per step; DistributedDataParallel (DDP) averages the gradients, so
+# one step learns from --batch-size images in all. Rank 0 alone writes the run folder. In a
+# plain `python <method>.py` run these helpers return at once: one process, rank 0.
+
+
+def world() -> tuple[int, int]:
+    """(rank of this process, number of processes); (0, 1) in a plain run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def init_processes(device_name: str) -> torch.device:
+    """The training device; under torchrun (WORLD_SIZE > 1) also the process group: NCCL
+    and GPU LOCAL_RANK on CUDA, gloo on the CPU. Only rank 0 prints."""
+    device = pick_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or torch.distributed.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                         timeout=datetime.timedelta(hours=1))  # see end_processes
+    if not is_main():
+        sys.stdout = open(os.devnull, "w")  # one copy of every message: rank 0's
+    return device
+
+
+def end_processes():
+    """Under torchrun, leave the process group together: each process waits for the last
+    (rank 0 fits the samplers alone), since one that exits first can abort the others."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def local_batch(batch_size: int) -> int:
+    """This process's share of the global --batch-size."""
+    return batch_size // world()[1]
+
+
+def shard(rows: torch.Tensor) -> torch.Tensor:
+    """This process's rows: every N-th from its rank on, of the first len - len mod N, so
+    that all processes hold as many (and take as many steps)."""
+    rank, size = world()
+    return rows[:len(rows) // size * size][rank::size]
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """The inverse of shard: all processes' rows, back in data-set order (the rows
+    themselves in a plain run). Every process must call it."""
+    rank, size = world()
+    if size == 1:
+        return rows
+    nccl = torch.distributed.get_backend() == "nccl"
+    local = rows.to(torch.device("cuda", torch.cuda.current_device())) if nccl else rows
+    parts = [torch.empty_like(local) for _ in range(size)]
+    torch.distributed.all_gather(parts, local.contiguous())
+    return torch.stack(parts, 1).flatten(0, 1).to(rows.device)  # [size * n, ...]
+
+
+def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """A tensor averaged over the processes (for the log and for schedules that must agree)."""
+    size = world()[1]
+    if size > 1:
+        value = value.detach().clone()
+        torch.distributed.all_reduce(value)
+        value /= size
+    return value
+
+
+def broadcast(obj):
+    """Rank 0's value of a picklable object, on every process."""
+    if world()[1] > 1:
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        obj = box[0]
+    return obj
+
+
+def parallel(model: nn.Module, compile: bool = False, sync_bn: bool = False) -> nn.Module:
+    """What the training loop calls: under torchrun the model in DDP (batch norms over all
+    processes' batches with sync_bn), compiled with compile; the model itself in a plain
+    run. Parameters stay shared with `model`: optimizer and checkpoints use it unchanged."""
+    if world()[1] > 1:
+        device = next(model.parameters()).device
+        if sync_bn:  # (start() has checked that this is CUDA)
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the top module
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(model) if compile else model
+
+
+def progress(iterable, **kwargs):
+    """A progress bar (tqdm) on rank 0; the bare iterable elsewhere."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, leave=False, disable=not is_main(), **kwargs)
+
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -530,7 +648,9 @@ def new_run_folder(out_dir: str, method: str, dataset: str, args) -> Path:
 
 
 def log_epoch(folder: Path, record: dict):
-    """Append one line of per-epoch figures to log.jsonl and print it."""
+    """Append one line of per-epoch figures to log.jsonl and print it (rank 0 only)."""
+    if not is_main():
+        return
     with open(folder / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -538,15 +658,21 @@ def log_epoch(folder: Path, record: dict):
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8):
-    """Images in [0, 1], [N, C, H, W], as one PNG grid."""
+    """Images in [0, 1], [N, C, H, W], as one PNG grid (rank 0 only)."""
     import torchvision.utils
+
+    if not is_main():
+        return
 
     torchvision.utils.save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=nrow,
                                  padding=1, pad_value=1.0)
 
 
 def atomic_save(obj, path: Path):
-    """torch.save to a temporary file, then rename: a crash never leaves a half file."""
+    """torch.save to a temporary file, then rename: a crash never leaves a half file.
+    Rank 0 only: under torchrun the other processes hold the same weights."""
+    if not is_main():
+        return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -592,33 +718,43 @@ def resume(args, given: set, method: str = ""):
 
 
 def start(args, given: set, method: str = ""):
-    """The opening of every training run: --resume, device, seed, data on the device.
-    Returns (args, checkpoint or None, device, training images, 64 test images), images
-    as uint8 [N, C, H, W]."""
+    """The opening of every training run: --resume, device (and processes), seed, data on
+    the device. Returns (args, checkpoint or None, device, training images (this process's
+    shard under torchrun), 64 test images), images as uint8 [N, C, H, W]."""
     checkpoint = None
     if args.resume:
         args, checkpoint = resume(args, given, method)
-    device = pick_device(args.device)
-    torch.manual_seed(args.seed)  # CPU and CUDA
+    device = init_processes(args.device)
+    rank, size = world()
+    if args.batch_size % size:
+        raise UserError(f"--batch-size {args.batch_size} (the global batch) must be a "
+                        f"multiple of the {size} processes")
+    if size > 1 and getattr(args, "sync_bn", False) and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA (torch's SyncBatchNorm runs on GPUs only); "
+                        "leave it off on the CPU")
+    torch.manual_seed(args.seed + rank)  # CPU and CUDA; DDP starts all from rank 0's weights
     load = lambda split: load_images(args.dataset, args.data_root, split, args.image_size,  # noqa
                                      args.crop)
-    train_images, test_images = load("train").to(device), load("test")[:64].to(device)
+    train_images, test_images = load("train"), load("test")[:64].to(device)
     if args.batch_size > len(train_images):
         raise UserError(f"--batch-size {args.batch_size} is larger than the "
                         f"{len(train_images)} training images")
-    return args, checkpoint, device, train_images, test_images
+    return args, checkpoint, device, shard(train_images).to(device), test_images
 
 
 def open_run(method: str, args, checkpoint, model: nn.Module, optimizer) -> tuple[Path, int]:
     """A new run folder, or the resumed run's folder with its model, optimizer and RNG
     state restored. Returns (folder, first epoch to train)."""
     if checkpoint is None:
-        folder, start_epoch = new_run_folder(args.out_dir, method, args.dataset, args), 0
+        folder = new_run_folder(args.out_dir, method, args.dataset, args) if is_main() else None
+        folder, start_epoch = broadcast(folder), 0
     else:
         folder, start_epoch = Path(args.resume), checkpoint["epoch"] + 1
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"])
+        per_process = checkpoint.get("rng_per_process", [])  # written under torchrun
+        rank, size = world()
+        set_rng_state(per_process[rank] if len(per_process) == size else checkpoint["rng"])
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"run folder {folder}; {n_params:.2f}M parameters; "
           f"{next(model.parameters()).device}")
@@ -627,11 +763,14 @@ def open_run(method: str, args, checkpoint, model: nn.Module, optimizer) -> tupl
 
 def save_epoch(folder: Path, method: str, args, epoch: int, model, optimizer,
                data_shape, **extra) -> dict:
-    """The end-of-epoch checkpoint (atomic), with any `extra` tensors of the method;
-    returns what it holds."""
+    """The end-of-epoch checkpoint (atomic; every process calls it, rank 0 writes), with any
+    `extra` tensors of the method; returns what it holds."""
     state = {"method": method, "args": dataclasses.asdict(args), "data_shape": list(data_shape),
              "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "rng": rng_state(), "samplers": {}, **extra}
+    if world()[1] > 1:  # each process's own random stream, so that --resume continues them
+        state["rng_per_process"] = [None] * world()[1]
+        torch.distributed.all_gather_object(state["rng_per_process"], rng_state())
     atomic_save(state, folder / CHECKPOINT)
     return state
 
@@ -640,10 +779,14 @@ def fit_ex_post(state: dict, model: nn.Module, train_images: torch.Tensor,
                 test_images: torch.Tensor, folder: Path, seed: int, gmm_components: int) -> "Run":
     """After training a backbone method (.encoder, .decoder): encode the training set
     (eval-mode BN), fit N(0, I), MVG and GMM, store them in the checkpoint, and write a
-    sample grid per sampler and interpolations between test images. Returns the run."""
+    sample grid per sampler and interpolations between test images. Returns the run (None
+    on ranks other than 0)."""
     print("encoding the training set and fitting N(0, I), MVG and GMM ...")
     model.eval()
-    samplers = fit_samplers(encode_all(model.encoder, train_images), seed, gmm_components)
+    codes = gather_rows(encode_all(model.encoder, train_images))  # all processes' shards
+    if not is_main():
+        return None  # under torchrun the samplers are fitted once, by rank 0
+    samplers = fit_samplers(codes, seed, gmm_components)
     state["samplers"] = {name: s.state_dict() for name, s in samplers.items()}
     atomic_save(state, folder / CHECKPOINT)
     run = Run(model, state["args"], samplers, folder)

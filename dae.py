@@ -58,6 +58,10 @@ Deviations and choices:
   - No augmentation by default (the paper mentions none); --flip adds random flips.
   - The digits data set (1500 train / 297 test images upscaled to 32x32) is our offline
     addition, not in the paper.
+  - Under torchrun (README, "Several GPUs"): --batch-size is the global batch, each process
+    takes its 1/N share; the backbone's batch norms then normalise over a process's B/N
+    images unless --sync-bn (CUDA). --no-batch-norm (not the paper's) removes the only term
+    that depends on how a batch is split; the loss itself is a per-image mean.
 """
 from __future__ import annotations
 
@@ -67,7 +71,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import common
 from common import arg
@@ -101,6 +104,8 @@ class Args:
                            choices=("none", "bn", "ln", "sn"))
     noise_std: float = arg(0.0, "std of Gaussian noise added to the decoder input", low=0)
     freeze_latent: bool = arg(False, "keep the latent layer at its random initialisation")
+    batch_norm: bool = arg(True, "batch norm in the conv stages (the paper's); off, no step "
+                           "depends on how a batch is split between torchrun processes")
     epochs: int = arg(100, "training epochs", low=1)
     batch_size: int = arg(128, "batch size", low=1)
     lr: float = arg(1e-3, "learning rate; x0.1 at 33%% and again at 66%% of the epochs", low=0)
@@ -109,6 +114,8 @@ class Args:
     seed: int = arg(0, "seed of initialisation, batch order and samplers")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
+    sync_bn: bool = arg(False, "under torchrun: batch-norm statistics over every process's "
+                        "batch (SyncBatchNorm, CUDA)")
     out_dir: str = arg("runs", "parent folder of the run folders")
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
@@ -123,10 +130,11 @@ class DAE(nn.Module):
         super().__init__()
         self.encoder = common.Encoder(
             channels, image_size, args.filters, args.depth, args.latent_dim,
-            latent_norm=args.latent_norm, freeze_latent=args.freeze_latent)
+            latent_norm=args.latent_norm, freeze_latent=args.freeze_latent,
+            batch_norm=args.batch_norm)
         self.decoder = common.Decoder(
             channels, image_size, args.filters, args.depth, args.latent_dim,
-            noise_std=args.noise_std)
+            noise_std=args.noise_std, batch_norm=args.batch_norm)
 
     def forward(self, x):  # x [B, C, H, W] in [0, 1]
         z = self.encoder(x)  # [B, d]
@@ -156,9 +164,10 @@ def train(args: Args, given: set):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     folder, start_epoch = common.open_run("dae", args, checkpoint, model, optimizer)
-    forward = torch.compile(model) if args.compile else model
+    forward = common.parallel(model, args.compile, args.sync_bn)  # DDP under torchrun
 
-    steps = len(train_images) // args.batch_size
+    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
+    steps = len(train_images) // batch
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
         lr = common.daly_learning_rate(epoch, args.epochs, args.lr, args.warmup_lr)
@@ -166,8 +175,8 @@ def train(args: Args, given: set):
             group["lr"] = lr
         model.train()
         started, loss_sum = time.time(), torch.zeros((), device=device)
-        bar = tqdm(common.batches(train_images, args.batch_size, args.seed, epoch, args.flip),
-                   total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        bar = common.progress(common.batches(train_images, batch, args.seed, epoch, args.flip),
+                              total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, x in enumerate(bar):
             with common.autocast(device):
                 logits, _ = forward(x)
@@ -179,7 +188,7 @@ def train(args: Args, given: set):
             if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
                 bar.set_postfix(bce=f"{loss.item():.4f}")
                 common.stop_if_diverged(loss.item(), epoch, folder)
-        bce = loss_sum.item() / steps
+        bce = common.mean_over_processes(loss_sum).item() / steps
         common.stop_if_diverged(bce, epoch, folder)
         seconds = time.time() - started
         common.log_epoch(folder, {"epoch": epoch + 1, "bce": bce, "lr": lr, "seconds": seconds,

@@ -53,6 +53,13 @@ Deviations and choices (the paper where it speaks, else the official code):
   - bf16 autocast and channels_last on CUDA (official: fp32); a checkpoint with the
     optimizer every --save-every epochs (official: weights every 100 epochs).
   - CelebA's training split here is train + valid (182,637 images; paper 162,770).
+  - Under torchrun (README, "Several GPUs"): --batch-size is the global batch. k-means and
+    the patterns are computed once for the whole training set (rank 0); each process keeps
+    its shard of the images with their own patterns. The decoder's batch norms normalise
+    over a process's B/N images unless --sync-bn (CUDA): the paper trains (and the official
+    sampler normalises) over batches of 256, so with N GPUs use --sync-bn to keep that
+    meaning. Each process draws its own shifts and input noise; the EMA is kept in every
+    process from identical weights.
 """
 from __future__ import annotations
 
@@ -67,7 +74,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import common
 from common import arg
@@ -108,6 +114,8 @@ class Args:
     seed: int = arg(0, "seed of initialisation, batch order, shifts and noise")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
+    sync_bn: bool = arg(False, "under torchrun: batch-norm statistics over every process's "
+                        "batch (SyncBatchNorm, CUDA)")
     out_dir: str = arg("runs", "parent folder of the run folders")
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
@@ -355,7 +363,8 @@ def train(args: Args, given: set):
         args, phase_one = phase_two_args(args, given)
     check(args)
     args, checkpoint, device, train_images, _ = common.start(args, given, "deciphering")
-    n, channels = len(train_images), train_images.shape[1]
+    all_images = common.gather_rows(train_images)  # every process's shard (torchrun)
+    n, channels, first_images = len(all_images), train_images.shape[1], all_images[:32].cpu()
     model = DecipheringAE(channels, args.image_size, args.widths, args.latent_dim).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -365,7 +374,10 @@ def train(args: Args, given: set):
             raise common.UserError(f"the run has patterns for {len(patterns)} images but the "
                                    f"data set has {n}; point --data-root at the same data")
     else:
-        labels = cluster_images(train_images, args.clusters, args.pattern_seed)
+        labels = None  # k-means once (by rank 0 under torchrun), then shared
+        if common.is_main():
+            labels = cluster_images(all_images, args.clusters, args.pattern_seed)
+        labels = common.broadcast(labels)
         patterns = make_patterns(labels, args)
     if phase_one and not checkpoint:
         model.load_state_dict(phase_one["ema" if args.finetune_ema else "model"])
@@ -380,22 +392,24 @@ def train(args: Args, given: set):
     ema = copy.deepcopy(model).requires_grad_(False)  # phase two: a new EMA (official)
     if checkpoint:
         ema.load_state_dict(checkpoint["ema"])
-    forward = torch.compile(model) if args.compile else model
-    patterns_on_device = patterns.to(device)
+    forward = common.parallel(model, args.compile, args.sync_bn)  # DDP under torchrun
+    del all_images
+    patterns_on_device = common.shard(patterns).to(device)  # those of this process's images
     fixed = torch.Generator().manual_seed(args.seed)  # grids comparable across epochs
     grid_patterns = draw_patterns(torch.randint(args.clusters, (64,), generator=fixed), args, fixed)
     grid_noise = torch.randn(64, channels, args.image_size, args.image_size, generator=fixed)
 
-    steps = n // args.batch_size
+    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
+    steps = len(train_images) // batch
     for epoch in range(start_epoch, args.epochs):
         lr_scale, wd = 0.1 ** sum(epoch >= e for e in args.lr_drops), weight_decay(args, epoch)
         for group, lr in zip(optimizer.param_groups, (args.lr, args.mlp_lr)):
             group["lr"], group["weight_decay"] = lr * lr_scale, wd
         model.train()
         started, loss_sum = time.time(), torch.zeros((), device=device)
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=g)[:steps * args.batch_size].to(device)
-        bar = tqdm(order.view(steps, -1), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        g = common.epoch_generator(args.seed, epoch)
+        order = torch.randperm(len(train_images), generator=g)[:steps * batch].to(device)
+        bar = common.progress(order.view(steps, -1), desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, index in enumerate(bar):
             x = train_images[index].float().div_(127.5).sub_(1)  # [B, C, S, S] in [-1, 1]
             codes = patterns_on_device[index]  # [B, sum(active)]
@@ -418,7 +432,8 @@ def train(args: Args, given: set):
             if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
                 bar.set_postfix(lpips=f"{loss.item():.4f}")
                 common.stop_if_diverged(loss.item(), epoch, folder)
-        mean_lpips, seconds = loss_sum.item() / steps, time.time() - started
+        mean_lpips = common.mean_over_processes(loss_sum).item() / steps
+        seconds = time.time() - started
         common.stop_if_diverged(mean_lpips, epoch, folder)
         common.log_epoch(folder, {"epoch": epoch + 1, "lpips": mean_lpips, "lr": args.lr * lr_scale,
                                   "weight_decay": wd, "seconds": seconds,
@@ -431,7 +446,7 @@ def train(args: Args, given: set):
             common.save_grid(generate(ema, grid_patterns, grid_noise, args),
                              folder / "samples.png")
             decoded = generate(ema, patterns[:32], grid_noise[:32], args)
-            common.save_reconstructions(train_images[:32].cpu() / 255, decoded.cpu(),
+            common.save_reconstructions(first_images / 255, decoded.cpu(),
                                         folder / "reconstructions.png")
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
     return folder

@@ -55,6 +55,12 @@ Deviations and choices (the extracted paper lost most of its numbers; no code is
     --lr-decay = 0.97 after every epoch: the paper uses an exponential decay whose rate was
     lost in extraction. 100 epochs (Ghosh et al.'s CIFAR-10 budget; 70 for CelebA).
   - The GMM and MVG samplers are the same as dae.py's (common.fit_samplers).
+  - Under torchrun (README, "Several GPUs"): --batch-size is the global batch. The latent
+    batch norm and the entropy estimate both work on one process's B/N codes: nearest
+    neighbours are searched within a process's batch, so the estimator sees batches of
+    B/N (more biased when small). --sync-bn (CUDA) gives the BN moments over all B codes;
+    the entropy stays per process. Keep B/N near the paper's 100 (e.g. --batch-size 400 on
+    4 GPUs) and the learning rate of that batch.
 """
 from __future__ import annotations
 
@@ -64,7 +70,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 import common
 from common import arg
@@ -97,6 +102,8 @@ class Args:
     seed: int = arg(0, "seed of initialisation, batch order and samplers")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
+    sync_bn: bool = arg(False, "under torchrun: batch-norm statistics over every process's "
+                        "batch (SyncBatchNorm, CUDA)")
     out_dir: str = arg("runs", "parent folder of the run folders")
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
@@ -172,11 +179,12 @@ def train(args: Args, given: set):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     folder, start_epoch = common.open_run("eae", args, checkpoint, model, optimizer)
-    forward = torch.compile(model) if args.compile else model
+    forward = common.parallel(model, args.compile, args.sync_bn)  # DDP under torchrun
     print(f"entropy of N(0, I) in {args.latent_dim} dimensions: "
           f"{normal_entropy(args.latent_dim):.2f} nats")
 
-    steps = len(train_images) // args.batch_size
+    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
+    steps = len(train_images) // batch
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
         lr = args.lr * args.lr_decay ** epoch  # exponential decay (Appendix)
@@ -185,8 +193,8 @@ def train(args: Args, given: set):
         model.train()
         started = time.time()
         sums = torch.zeros(3, device=device)  # reconstruction, entropy, L2 over the epoch
-        bar = tqdm(common.batches(train_images, args.batch_size, args.seed, epoch, args.flip),
-                   total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        bar = common.progress(common.batches(train_images, batch, args.seed, epoch, args.flip),
+                              total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, x in enumerate(bar):
             with common.autocast(device):
                 logits, z = forward(x)
@@ -201,7 +209,7 @@ def train(args: Args, given: set):
             if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
                 bar.set_postfix(rec=f"{reconstruction.item():.2f}", H=f"{entropy.item():.1f}")
                 common.stop_if_diverged(loss.item(), epoch, folder)
-        reconstruction, entropy, l2 = (sums / steps).tolist()
+        reconstruction, entropy, l2 = (common.mean_over_processes(sums) / steps).tolist()
         common.stop_if_diverged(reconstruction - args.reg_weight * entropy, epoch, folder)
         seconds = time.time() - started
         common.log_epoch(folder, {

@@ -63,10 +63,15 @@ Deviations and choices (where the paper is silent we follow the official code, [
     samples, its width chosen from 10 values log-spaced over [0.1, 1] on a validation set
     (the last tenth of the training split, at most 10,000 images, which the autoencoder
     has seen), mean log-likelihood of the test images +- standard error.
+  - Under torchrun (README, "Several GPUs"): stage one splits the global --batch-size over
+    the processes; its batch norms normalise over a process's B/N images unless --sync-bn
+    (CUDA), and the active-dimension schedule is the same in every process. Stage two, the
+    LDE, runs in rank 0 alone (its codes are small); --fit-lde and --parzen take one process.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -74,7 +79,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import common
 from common import arg
@@ -116,6 +120,8 @@ class Args:
     seed: int = arg(0, "seed of initialisation, batch order and samplers")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     compile: bool = arg(False, "torch.compile the autoencoder (worth it on CUDA only)")
+    sync_bn: bool = arg(False, "under torchrun: batch-norm statistics over every process's "
+                        "batch (SyncBatchNorm, CUDA)")
     out_dir: str = arg("runs", "parent folder of the run folders")
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
@@ -241,9 +247,10 @@ def train(args: Args, given: set):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.999))
     folder, start_epoch = common.open_run("iae_lde", args, checkpoint, model, optimizer)
-    forward = torch.compile(model) if args.compile else model
+    forward = common.parallel(model, args.compile, args.sync_bn)  # DDP under torchrun
 
-    steps = len(train_images) // args.batch_size
+    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
+    steps = len(train_images) // batch
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
         lr = args.lr * 0.5 ** sum(epoch >= drop for drop in args.lr_drops)
@@ -251,8 +258,8 @@ def train(args: Args, given: set):
             group["lr"] = lr
         model.train()
         started, loss_sum = time.time(), torch.zeros((), device=device)
-        bar = tqdm(common.batches(train_images, args.batch_size, args.seed, epoch, args.flip),
-                   total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        bar = common.progress(common.batches(train_images, batch, args.seed, epoch, args.flip),
+                              total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, x in enumerate(bar):
             active = active_dims(args.latent_dim, args.warmup_epochs, epoch, step, steps)
             with common.autocast(device):
@@ -265,7 +272,7 @@ def train(args: Args, given: set):
             if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
                 bar.set_postfix(loss=f"{loss.item():.4f}", active=active)
                 common.stop_if_diverged(loss.item(), epoch, folder)
-        mean_loss = loss_sum.item() / steps
+        mean_loss = common.mean_over_processes(loss_sum).item() / steps
         common.stop_if_diverged(mean_loss, epoch, folder)
         seconds = time.time() - started
         common.log_epoch(folder, {"epoch": epoch + 1, "loss": mean_loss, "active_dims": active,
@@ -384,10 +391,9 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, source: int
             group["lr"] = lr
         lde.train()
         started, loss_sum = time.time(), torch.zeros((), device=device)
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
+        g = common.epoch_generator(args.seed, epoch)
         order = torch.randperm(len(codes), generator=g).to(device)
-        for step in tqdm(range(steps), desc=f"LDE epoch {epoch + 1}/{args.lde_epochs}",
-                         leave=False):
+        for step in common.progress(range(steps), desc=f"LDE epoch {epoch + 1}/{args.lde_epochs}"):
             z = codes[order[step * args.lde_batch_size:(step + 1) * args.lde_batch_size]]
             loss = mixture_nll(*lde(z), z).mean()  # Eq. (4), also averaged over the batch
             optimizer.zero_grad(set_to_none=True)
@@ -497,13 +503,19 @@ encode, decode, sample = common.encode, common.decode, common.sample
 def main(args: Args, given: set):
     if args.fit_lde and args.parzen:
         raise common.UserError("give --fit-lde or --parzen, not both")
+    if (args.fit_lde or args.parzen) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise common.UserError("--fit-lde and --parzen run in one process: start them with "
+                               "python, not torchrun")
     if args.parzen:
         parzen(args.parzen, args, given)
     elif args.fit_lde:
         fit_lde(args.fit_lde, args, given)
     else:
         folder, args = train(args, given)
-        fit_lde(str(folder), args, given | {f.name for f in fields(Args)})
+        rank = common.world()[0]
+        common.end_processes()  # under torchrun, stage two runs in rank 0 alone
+        if rank == 0:
+            fit_lde(str(folder), args, given | {f.name for f in fields(Args)})
         print(f"done: grids, log.jsonl and checkpoint in {folder}")
 
 

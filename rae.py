@@ -53,6 +53,10 @@ Deviations and choices:
     drives the learning-rate halving (patience 5). The official code's validation set
     overlaps its training set by 40k images. We keep the last epoch, not the best one.
   - GMM: scikit-learn, 10 components, full covariance, max_iter 2000, tol 1e-3 (official).
+  - Under torchrun (README, "Several GPUs"): --batch-size is the global batch; the backbone's
+    batch norms normalise over a process's B/N images unless --sync-bn (CUDA). L_z, the
+    L2, GP and SN terms are per image or per weight, so they do not depend on the split. The
+    validation loss is averaged over the processes, so all halve the learning rate at once.
 """
 from __future__ import annotations
 
@@ -61,7 +65,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 import common
 from common import arg
@@ -113,6 +116,8 @@ class Args:
     seed: int = arg(0, "seed of initialisation, batch order and samplers")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
+    sync_bn: bool = arg(False, "under torchrun: batch-norm statistics over every process's "
+                        "batch (SyncBatchNorm, CUDA)")
     out_dir: str = arg("runs", "parent folder of the run folders")
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
@@ -199,7 +204,7 @@ def train(args: Args, given: set):
     args, checkpoint, device, train_images, test_images = common.start(args, given, "rae")
     n_val = max(1, len(train_images) // 10)  # held out for the learning-rate schedule
     train_images, val_images = train_images[:-n_val], train_images[-n_val:]
-    if args.batch_size > len(train_images):
+    if common.local_batch(args.batch_size) > len(train_images):
         raise common.UserError(f"--batch-size {args.batch_size} is larger than the "
                                f"{len(train_images)} training images left after validation")
     data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
@@ -215,18 +220,19 @@ def train(args: Args, given: set):
     if checkpoint is not None:
         plateau.load_state_dict(checkpoint["plateau"])
     # RAE-GP differentiates twice, which compiled graphs do not support: it runs eagerly.
-    forward = torch.compile(model) if args.compile and args.variant != "rae-gp" else model
+    forward = common.parallel(model, args.compile and args.variant != "rae-gp", args.sync_bn)
 
     def total(terms):  # Eq. (11)
         return terms["rec"] + beta * terms["lz"] + reg_weight * terms["reg"]
 
-    steps = len(train_images) // args.batch_size
+    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
+    steps = len(train_images) // batch
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
         model.train()
         started, sums = time.time(), torch.zeros(3, device=device)
-        bar = tqdm(common.batches(train_images, args.batch_size, args.seed, epoch),
-                   total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        bar = common.progress(common.batches(train_images, batch, args.seed, epoch),
+                              total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, x in enumerate(bar):
             with common.autocast(device):
                 terms = loss_terms(model, x, args, forward)
@@ -238,12 +244,12 @@ def train(args: Args, given: set):
             if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
                 bar.set_postfix(rec=f"{terms['rec'].item():.2f}")
                 common.stop_if_diverged(loss.item(), epoch, folder)
-        rec, lz, reg = (sums / steps).tolist()
+        rec, lz, reg = (common.mean_over_processes(sums) / steps).tolist()
         model.eval()  # validation loss (BN with running statistics) drives the lr
         with torch.enable_grad() if args.variant == "rae-gp" else torch.no_grad():
             val = [total(loss_terms(model, x.float() / 255, args)).item()
                    for x in val_images.split(args.batch_size)]
-        val_loss = sum(val) / len(val)
+        val_loss = common.mean_over_processes(torch.tensor(sum(val) / len(val))).item()
         common.stop_if_diverged(val_loss, epoch, folder)
         lr = optimizer.param_groups[0]["lr"]
         plateau.step(val_loss)

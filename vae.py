@@ -48,6 +48,9 @@ Deviations and choices:
     CV-VAE (sigma 0.7) 0.039 / 9e-4 / 0.01 for MNIST / CIFAR-10 / CelebA (other data
     sets: CIFAR-10's). This is a Gaussian decoder with a fixed variance.
   - The ex-post MVG and GMM are fitted on the encoder means mu (official RAE code).
+  - Under torchrun (README, "Several GPUs"): --batch-size is the global batch; the backbone's
+    batch norms normalise over a process's B/N images unless --sync-bn (CUDA). The KL and
+    reconstruction terms are per image, and each process draws its own noise.
 """
 from __future__ import annotations
 
@@ -58,7 +61,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import common
 from common import arg
@@ -102,6 +104,8 @@ class Args:
     seed: int = arg(0, "seed of initialisation, batch order, noise and samplers")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
+    sync_bn: bool = arg(False, "under torchrun: batch-norm statistics over every process's "
+                        "batch (SyncBatchNorm, CUDA)")
     out_dir: str = arg("runs", "parent folder of the run folders")
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
@@ -187,10 +191,11 @@ def train(args: Args, given: set):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     folder, start_epoch = common.open_run("vae", args, checkpoint, model, optimizer)
-    forward = torch.compile(model) if args.compile else model
+    forward = common.parallel(model, args.compile, args.sync_bn)  # DDP under torchrun
     print(f"{args.loss} reconstruction + {beta:.4g} KL")
 
-    steps = len(train_images) // args.batch_size
+    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
+    steps = len(train_images) // batch
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
         lr = common.daly_learning_rate(epoch, args.epochs, args.lr, args.warmup_lr)
@@ -198,8 +203,8 @@ def train(args: Args, given: set):
             group["lr"] = lr
         model.train()
         started, sums = time.time(), torch.zeros(2, device=device)
-        bar = tqdm(common.batches(train_images, args.batch_size, args.seed, epoch),
-                   total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        bar = common.progress(common.batches(train_images, batch, args.seed, epoch),
+                              total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, x in enumerate(bar):
             with common.autocast(device):
                 logits, mu, log_sigma = forward(x)
@@ -213,7 +218,7 @@ def train(args: Args, given: set):
             if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
                 bar.set_postfix(rec=f"{reconstruction.item():.4f}", kl=f"{kl.item():.1f}")
                 common.stop_if_diverged(loss.item(), epoch, folder)
-        reconstruction, kl = (sums / steps).tolist()
+        reconstruction, kl = (common.mean_over_processes(sums) / steps).tolist()
         common.stop_if_diverged(reconstruction + beta * kl, epoch, folder)
         seconds = time.time() - started
         common.log_epoch(folder, {"epoch": epoch + 1, "reconstruction": reconstruction, "kl": kl,

@@ -17,12 +17,16 @@ _spec = importlib.util.spec_from_file_location("offline_guard", OFFLINE / "sitec
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
 
+def script_env() -> dict:
+    """The environment of a script the tests start: offline, no GPU."""
+    path = os.pathsep.join(filter(None, [str(OFFLINE), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONPATH": path}
+
+
 def run_script(*argv, timeout=600):
     """Run a script as a user would, offline; returns the CompletedProcess (text output)."""
-    path = os.pathsep.join(filter(None, [str(OFFLINE), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": path}
-    return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, env=script_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
