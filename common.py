@@ -443,8 +443,8 @@ class LatentSampler:
         return z.float().to(device)
 
     def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
-        """log density (nats) of each code [N, d] -> [N], float64; 1e-6 added to the
-        covariance diagonals so that N(0, I)'s peers with singular covariances have one."""
+        """log density (nats) of each code [N, d] -> [N], float64; 1e-6 is added to the
+        covariance diagonals, so that a singular covariance (degenerate codes) has one."""
         covs = self.covs + 1e-6 * torch.eye(self.covs.shape[-1], dtype=torch.float64)
         components = torch.distributions.MultivariateNormal(self.means, covs)  # batch [K]
         per_component = components.log_prob(codes.detach().cpu().double()[:, None])  # [N, K]
