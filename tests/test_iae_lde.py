@@ -171,8 +171,8 @@ def test_image_size_that_does_not_halve_is_an_error():
 def test_perceptual_loss(torch_home, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     perceptual = I.Perceptual()
-    stored = torch.load(torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth",
-                        weights_only=True)
+    weights_file = torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    stored = torch.load(weights_file, weights_only=True)
     assert torch.equal(perceptual.slices[2][-1].weight, stored["features.10.weight"])  # conv3_1
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert perceptual(x, x).item() == 0
@@ -240,7 +240,7 @@ def test_both_stages_then_eval_and_parzen(tmp_path, torch_home):
     evaluated = run_eval(torch_home, run, "--num-samples", "16", "--samplers", "lde", "gmm",
                          "--device", "cpu")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert "| LDE |" in evaluated.stdout.replace(" | GMM", "").replace("| REC ", "| ")
+    assert "| LDE |" in evaluated.stdout  # a column of the table
     metrics = json.loads((run / "metrics.json").read_text())
     assert math.isfinite(metrics["columns"]["lde"]["fid"])
 
