@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import importlib
 import json
 import math
@@ -289,9 +290,9 @@ def batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, flip: 
 
 
 # 3. Backbone of Tolstikhin et al. (2018) / Ghosh et al. (2020) ---------------------------
-
-# Latent norms: none, bn, bn-noaffine, ln, sn (spectral norm of the latent layer).
-SPECTRAL_NORMS = ("none", "decoder", "all")
+# The conv stages of the encoder and the decoder that DAE, VAE, RAE and EAE share, in Keras'
+# conventions (the official RAE code ran Keras). Each method builds its own latent layer on
+# the encoder's features: that layer is where the methods differ.
 
 
 def _per_stage(depth, stages: int) -> list[int]:
@@ -303,119 +304,115 @@ def _per_stage(depth, stages: int) -> list[int]:
     return depth
 
 
-def _norm_layers(module: nn.Module, momentum=0.01, eps=1e-3):
-    """Keras' batch-norm constants (PyTorch momentum = 1 - Keras momentum 0.99)."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum, m.eps = momentum, eps
+def keras_init(*modules: nn.Module):
+    """Keras' defaults: Glorot-uniform weights and zero biases for convs and dense layers,
+    batch-norm momentum 0.99 (PyTorch's 0.01) and eps 1e-3."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum, m.eps = 0.01, 1e-3
 
 
-def _keras_init(module: nn.Module):
-    """Glorot-uniform weights and zero biases, the Keras defaults the official code ran."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-def _spectral_norm(*modules: nn.Module):
-    """Spectral normalisation (one power iteration per step) of every conv / linear layer."""
+def spectral_norm(*modules: nn.Module):
+    """Spectral normalisation (one power iteration per training step) of every conv, transposed
+    conv and dense layer, of the matrix Keras' ConvSN2D / ConvSN2DTranspose / DenseSN
+    normalise: [out, in k k] for a conv and [in, out k k] (Keras' [k k out, in]) for a
+    transposed conv, i.e. dim 0 of the PyTorch weight in both cases."""
     for module in modules:
         for m in list(module.modules()):
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-                nn.utils.parametrizations.spectral_norm(m)
+                nn.utils.parametrizations.spectral_norm(m, dim=0)
 
 
-def _same_conv(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
-    """Stride-1 conv keeping the size; an even kernel is padded one more at right and
-    bottom, as Keras/TensorFlow 'same' padding does."""
-    total = kernel - 1
-    pad = nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
-    return nn.Sequential(pad, nn.Conv2d(in_ch, out_ch, kernel))
+def tf_same_padding(kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding (before, after) of a conv whose input side is a multiple
+    of its stride: kernel - stride in all, the odd one after."""
+    total = max(kernel - stride, 0)
+    return total // 2, total - total // 2
 
 
-def _stage(conv, in_ch: int, out_ch: int, kernel: int, depth: int, batch_norm=True) -> list:
+class SameConv(nn.Sequential):
+    """Conv2d with TensorFlow 'same' padding: output side = input side / stride."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1):
+        before, after = tf_same_padding(kernel, stride)
+        super().__init__(nn.ZeroPad2d((before, after, before, after)),
+                         nn.Conv2d(in_ch, out_ch, kernel, stride))
+
+
+class SameConvTranspose(nn.ConvTranspose2d):
+    """ConvTranspose2d with TensorFlow 'same' padding: output side = stride x input side,
+    the full output cropped by the (before, after) padding of the matching SameConv."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1):
+        super().__init__(in_ch, out_ch, kernel, stride, padding=tf_same_padding(kernel, stride)[0])
+
+    def forward(self, x):
+        side = x.shape[-1] * self.stride[0]
+        return super().forward(x)[..., :side, :side]  # PyTorch cropped `before` at both ends
+
+
+def _stage(conv, in_ch: int, out_ch: int, kernel: int, depth: int) -> list:
     """depth-1 stride-1 convs, then the stride-2 (transposed) conv; each with BN + ReLU."""
-    norm = nn.BatchNorm2d if batch_norm else lambda _: nn.Identity()
     layers = []
     for _ in range(depth - 1):
-        layers += [_same_conv(in_ch, out_ch, kernel), norm(out_ch), nn.ReLU()]
+        layers += [SameConv(in_ch, out_ch, kernel), nn.BatchNorm2d(out_ch), nn.ReLU()]
         in_ch = out_ch
-    pad = (kernel - 1) // 2  # k4 p1 and k5 p2 both halve (or double) the size exactly
-    extra = {"output_padding": kernel % 2} if conv is nn.ConvTranspose2d else {}
-    layers += [conv(in_ch, out_ch, kernel, stride=2, padding=pad, **extra), norm(out_ch),
-               nn.ReLU()]
-    return layers
+    return layers + [conv(in_ch, out_ch, kernel, 2), nn.BatchNorm2d(out_ch), nn.ReLU()]
+
+
+def kernel_size(image_size: int) -> int:
+    return 4 if image_size <= 32 else 5  # 4x4 for 32x32, 5x5 for 64x64
 
 
 class Encoder(nn.Module):
-    """x [B, C, S, S] in [0, 1] -> z [B, latent]. Four stride-2 stages of f, 2f, 4f, 8f."""
+    """x [B, C, S, S] in [0, 1] -> features [B, 8f (S/16)^2]: four stride-2 stages of f, 2f,
+    4f, 8f filters. The method puts its latent layer (Linear to the code) after it."""
 
-    def __init__(self, channels: int, image_size: int, filters: int = 128, depth=1,
-                 latent_dim: int = 128, latent_norm: str = "none", spectral_norm: str = "none",
-                 freeze_latent: bool = False, batch_norm: bool = True):
+    def __init__(self, channels: int, image_size: int, filters: int = 128, depth=1):
         super().__init__()
         if image_size % 16 or image_size < 16:
             raise UserError(f"image size must be a multiple of 16, not {image_size}")
-        kernel = 4 if image_size <= 32 else 5  # 4x4 for 32x32, 5x5 for 64x64
         layers, in_ch = [], channels
         for stage, stage_depth in enumerate(_per_stage(depth, 4)):
-            layers += _stage(nn.Conv2d, in_ch, filters * 2 ** stage, kernel, stage_depth,
-                             batch_norm)
+            layers += _stage(SameConv, in_ch, filters * 2 ** stage, kernel_size(image_size),
+                             stage_depth)
             in_ch = filters * 2 ** stage
         self.convs = nn.Sequential(*layers, nn.Flatten())
-        self.to_latent = nn.Linear(in_ch * (image_size // 16) ** 2, latent_dim)
-        _keras_init(self)
-        if spectral_norm == "all":
-            _spectral_norm(self.convs)
-        if latent_norm == "sn" or spectral_norm == "all":
-            _spectral_norm(self.to_latent)
-        if freeze_latent:  # the latent layer stays at its random initialisation
-            self.to_latent.requires_grad_(False)
-        self.latent_norm = {
-            "none": nn.Identity(), "sn": nn.Identity(),
-            "bn": nn.BatchNorm1d(latent_dim), "ln": nn.LayerNorm(latent_dim),
-            "bn-noaffine": nn.BatchNorm1d(latent_dim, affine=False),
-        }[latent_norm]
-        _norm_layers(self)
+        self.out_features = in_ch * (image_size // 16) ** 2
+        keras_init(self)
 
     def forward(self, x):
-        h = self.convs(x * 2 - 1)  # [B, 8f * (S/16)^2]; inputs to [-1, 1] as the official code
-        return self.latent_norm(self.to_latent(h))  # [B, latent]
+        return self.convs(x * 2 - 1)  # [B, 8f (S/16)^2]; inputs to [-1, 1], official code
 
 
 class Decoder(nn.Module):
     """z [B, latent] -> logits [B, C, S, S]. Linear to 8x8x8f, stride-2 transposed convs
-    4f, 2f (and f for 64x64), then a stride-1 output conv to C channels."""
+    4f, 2f (and f for 64x64), then a stride-1 transposed conv to C channels, no BN."""
 
     def __init__(self, channels: int, image_size: int, filters: int = 128, depth=1,
-                 latent_dim: int = 128, spectral_norm: str = "none", noise_std: float = 0.0,
-                 batch_norm: bool = True):
+                 latent_dim: int = 128):
         super().__init__()
-        kernel = 4 if image_size <= 32 else 5
+        kernel = kernel_size(image_size)
         ups = int(math.log2(image_size // 8))  # 2 for 32x32, 3 for 64x64
         # Stage widths 4f, 2f, f mirror encoder stages 3, 2, 1, and take their depths.
         depths = _per_stage(depth, 4)[2::-1][:ups]
-        self.noise_std = noise_std
         self.width = filters * 8
         self.from_latent = nn.Linear(latent_dim, 8 * 8 * self.width)
         layers, in_ch = [], self.width
         for stage in range(ups):
             out_ch = filters * 2 ** (2 - stage)
-            layers += _stage(nn.ConvTranspose2d, in_ch, out_ch, kernel, depths[stage],
-                             batch_norm)
+            layers += _stage(SameConvTranspose, in_ch, out_ch, kernel, depths[stage])
             in_ch = out_ch
-        layers.append(_same_conv(in_ch, channels, kernel))  # output layer, no BN
+        layers.append(SameConvTranspose(in_ch, channels, kernel))  # output layer
         self.convs = nn.Sequential(*layers)
-        _keras_init(self)
-        if spectral_norm in ("decoder", "all"):
-            _spectral_norm(self)
-        _norm_layers(self)
+        keras_init(self)
 
     def forward(self, z):
-        if self.training and self.noise_std > 0:  # Gaussian noise on the decoder input
-            z = z + self.noise_std * torch.randn_like(z)
         h = self.from_latent(z).view(-1, self.width, 8, 8)  # [B, 8f, 8, 8]
         return self.convs(h)  # [B, C, S, S] logits
 
@@ -483,13 +480,13 @@ def fit_samplers(codes: torch.Tensor, seed: int = 0, gmm_components: int = 10) -
 
 
 def samplers_from_state(states: dict) -> dict:
-    """The samplers stored in a checkpoint: Gaussian mixtures, and the latent density
-    estimator of iae_lde.py where `python iae_lde.py --fit-lde RUN` added one."""
+    """The samplers stored in a checkpoint: Gaussian mixtures, and any sampler a method file
+    defines (iae_lde.py's LDE, which `--fit-lde` adds to any run): its state names the file,
+    whose sampler_from_state rebuilds it."""
     samplers = {}
     for name, state in states.items():
-        if state.get("kind") == "lde":
-            from iae_lde import LDESampler  # the LDE is that paper's method: it lives there
-            samplers[name] = LDESampler.from_state(state)
+        if "module" in state:
+            samplers[name] = method_module(state["module"]).sampler_from_state(state)
         else:
             samplers[name] = LatentSampler(**state)
     return samplers
@@ -704,6 +701,17 @@ def flags(names) -> str:
 
 
 RESUMABLE = ("epochs", "device", "compile")  # flags that may change when resuming
+# Settings that do not change what a run learns (or only its random draws).
+NOT_A_SETTING = ("data_root", "seed", "device", "compile", "sync_bn", "out_dir", "resume",
+                 "save_every", "fit_lde", "parzen", "parzen_samples")
+
+
+def off_paper(args: dict, paper: dict) -> list[str]:
+    """The settings of a run that differ from `paper` (the paper's values of every field
+    of the method's Args that changes the result), as flags; empty when the run is the
+    paper's setting. A paper's figure is printed beside ours only then."""
+    return sorted("--" + k.replace("_", "-") for k, v in paper.items()
+                  if k not in NOT_A_SETTING and args.get(k) != v)
 
 
 def resume(args, given: set, method: str = ""):
@@ -714,6 +722,11 @@ def resume(args, given: set, method: str = ""):
     if ignored:
         print(f"resuming: ignoring {flags(ignored)}; the run keeps its own settings")
     stored = {**checkpoint["args"], **{k: getattr(args, k) for k in given & set(RESUMABLE)}}
+    if stored.get("schedule_epochs") == 0 and stored["epochs"] != checkpoint["args"]["epochs"]:
+        stored["schedule_epochs"] = checkpoint["args"]["epochs"]  # the run's own schedule
+    if stored.get("schedule_epochs"):
+        print(f"resuming: training to epoch {stored['epochs']} on the schedule of the run's "
+              f"{stored['schedule_epochs']} epochs")
     return type(args)(**{**stored, "resume": args.resume}), checkpoint
 
 
@@ -787,12 +800,17 @@ def fit_ex_post(state: dict, model: nn.Module, train_images: torch.Tensor,
     if not is_main():
         return None  # under torchrun the samplers are fitted once, by rank 0
     samplers = fit_samplers(codes, seed, gmm_components)
-    state["samplers"] = {name: s.state_dict() for name, s in samplers.items()}
-    atomic_save(state, folder / CHECKPOINT)
+    save_samplers(state, samplers, folder / CHECKPOINT)
     run = Run(model, state["args"], samplers, folder)
     save_sample_grids(run, seed)
     save_interpolations(run, test_images.float() / 255, folder / "interpolations.png")
     return run
+
+
+def save_samplers(state: dict, samplers: dict, path: Path):
+    """The fitted samplers, stored in the checkpoint `state` and written (atomically)."""
+    state["samplers"] = {name: sampler.state_dict() for name, sampler in samplers.items()}
+    atomic_save(state, path)
 
 
 @torch.no_grad()
@@ -820,14 +838,10 @@ def stop_if_diverged(loss: float, epoch: int, folder: Path):
 
 @torch.no_grad()
 def encode_all(encode, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Codes [N, d] (float32, CPU) of a whole uint8 image set, in batches."""
-    device = images.device
-    codes = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].float().div_(255)
-        with autocast(device):
-            codes.append(encode(x).float().cpu())
-    return torch.cat(codes)
+    """Codes [N, d] (float32, CPU) of a whole uint8 image set, in batches, computed in fp32
+    (no autocast), as eval.py encodes."""
+    return torch.cat([encode(images[start:start + batch_size].float().div_(255)).float().cpu()
+                      for start in range(0, len(images), batch_size)])
 
 
 def save_reconstructions(images: torch.Tensor, reconstructions: torch.Tensor, path: Path):
@@ -838,14 +852,22 @@ def save_reconstructions(images: torch.Tensor, reconstructions: torch.Tensor, pa
     save_grid(pairs.flatten(0, 2), path, nrow=8)
 
 
+def method_module(name: str):
+    """A method file of this project, imported by name (never another module)."""
+    if not (name.isidentifier() and (Path(__file__).parent / f"{name}.py").is_file()):
+        raise UserError(f"'{name}' is not a method file of this project")
+    return importlib.import_module(name)
+
+
 def method_of(run_dir: str):
     """The method file (module) that wrote a run, imported: eval.py and iae_lde.py use its
     load_run / encode / decode / sample, whatever the method."""
     name = load_checkpoint(run_dir).get("method", "")
-    if not (Path(__file__).parent / f"{name}.py").is_file():
+    try:
+        return method_module(name)
+    except UserError:
         raise UserError(f"{run_dir} was not written by a method file of this project "
-                        f"(method '{name}')")
-    return importlib.import_module(name)
+                        f"(method '{name}')") from None
 
 
 class Run(typing.NamedTuple):
@@ -923,6 +945,17 @@ def missing_weights(what: str, url: str, error: Exception) -> UserError:
 
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's port of the TF graph
+# How images become features; part of every cached statistic's name, with the weights' hash.
+FEATURE_PROTOCOL = "8bit-bilinear299-pool3"
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of a file's SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 class Inception(nn.Module):
@@ -940,6 +973,9 @@ class Inception(nn.Module):
         except (OSError, RuntimeError) as error:
             raise missing_weights("the Inception weights", FID_WEIGHTS_URL, error) from None
         self.register_buffer("fc_weight", fc_weight)  # [1008, 2048]
+        # Which weights these are: cached reference statistics carry it in their name.
+        self.weights_digest = file_digest(Path(torch.hub.get_dir()) / "checkpoints" /
+                                          Path(FID_WEIGHTS_URL).name)
         self.eval()
 
     @torch.no_grad()
@@ -978,14 +1014,20 @@ def gaussian_stats(features: torch.Tensor):
     return features.mean(0), torch.cov(features.T)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+def psd_sqrt(sigma) -> torch.Tensor:
+    """The symmetric square root of a covariance (float64), from its eigendecomposition."""
+    eigvals, eigvecs = torch.linalg.eigh(torch.as_tensor(sigma, dtype=torch.float64))
+    return (eigvecs * eigvals.clamp(min=0).sqrt()) @ eigvecs.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, root1=None) -> float:
     """FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), in float64.
     tr((S1 S2)^(1/2)) = sum sqrt(eig(A S2 A)) with A = S1^(1/2): A S2 A is symmetric with the
-    eigenvalues of S1 S2, so two symmetric eigendecompositions replace scipy's sqrtm."""
+    eigenvalues of S1 S2, so two symmetric eigendecompositions replace scipy's sqrtm.
+    root1: S1^(1/2) when known (eval.py takes the reference's once for all its columns)."""
     mu1, sigma1, mu2, sigma2 = (torch.as_tensor(t, dtype=torch.float64)
                                 for t in (mu1, sigma1, mu2, sigma2))
-    eigvals, eigvecs = torch.linalg.eigh(sigma1)
-    root1 = (eigvecs * eigvals.clamp(min=0).sqrt()) @ eigvecs.T  # S1^(1/2)
+    root1 = psd_sqrt(sigma1) if root1 is None else root1
     middle = root1 @ sigma2 @ root1
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
     diff = mu1 - mu2
@@ -1016,5 +1058,7 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, batch: 
         return torch.cat([(torch.cdist(points[i:i + batch], centres) <= centre_radii).any(1)
                           for i in range(0, len(points), batch)]).double().mean().item()
 
+    if min(len(real), len(fake)) <= k:  # no k-th neighbour: undefined (a smoke test)
+        return None, None
     real, fake = real.float(), fake.float()
     return covered(fake, real, radii(real)), covered(real, fake, radii(fake))

@@ -26,10 +26,14 @@ Reproduce (the paper trains 100 epochs, batch 128; FID with `python eval.py RUN_
     Table 2 / Fig. 1, other widths: --filters 32, 64 or 256
     Table 3, CIFAR-10, f=128, best latent size (MVG 81.62, GMM 72.82):
         python dae.py --dataset cifar10 --filters 128 --latent-dim 144
+    Table 3, other widths at their best latent sizes: --filters 32 --latent-dim 160 | 192;
+        --filters 64 --latent-dim 152; --filters 256 --latent-dim 160
     Best CIFAR-10 result, depths [3, 3, 2, 1], 96 latents (MVG 77.10, GMM 67.32):
         python dae.py --dataset cifar10 --filters 128 --depth 3 3 2 1 --latent-dim 96
-    Table 2, CelebA 64x64 (centre crop 140, resize 64), f=128, 64 latents (GMM 39.10):
-        python dae.py --dataset celeba --data-root DATA --filters 128 --latent-dim 64
+    Tables 2 and 3, CelebA 64x64 (centre crop 140, resize 64), f=128, 128 latents
+    (MVG 46.96, GMM 39.10; Table 2's caption says 64 latents, Table 3 lists these under 128):
+        python dae.py --dataset celeba --data-root DATA --filters 128 --latent-dim 128
+    Table 3, CelebA, f=128, 96 latents (MVG 44.98, GMM 39.13): --latent-dim 96
     Fig. 4 latent normalisations: --latent-norm bn | sn | ln
     Decoder-input noise (Sec. 4): --noise-std 0.1 | 0.5 | 1.0
     Fig. 3 frozen latent layer: --freeze-latent (with --depth 1 or 2)
@@ -39,17 +43,21 @@ Reproduce (the paper trains 100 epochs, batch 128; FID with `python eval.py RUN_
 Deviations and choices:
   - The paper used TensorFlow 2.4; this is PyTorch. Keras' defaults are kept where they
     matter: Glorot-uniform init with zero biases, batch-norm momentum 0.99 (PyTorch 0.01)
-    and eps 1e-3, Adam eps 1e-7, TensorFlow 'same' padding (an even kernel pads one more
-    at right and bottom).
+    and eps 1e-3, Adam eps 1e-7, and TensorFlow's 'same' padding for every conv and
+    transposed conv (common.SameConv, SameConvTranspose: the odd pixel of padding after).
   - The paper does not say how "depth n" applies to the decoder. Here each decoder stage
     of width 4f, 2f (f) takes the depth of the encoder stage of the same width, its
     stride-1 convs before the stride-2 transposed conv (mirroring the encoder).
   - The decoder's first layer maps to 8x8x8f (the Ghosh et al. code hard-codes 8x8x1024,
-    the same for f=128); its output layer is a stride-1 conv to C channels, no BN.
-  - Inputs are mapped to [-1, 1] inside the encoder, as the Ghosh et al. code does; the
-    decoder's output is a sigmoid; the BCE is the mean over pixels, as Keras computes it.
+    the same for f=128); its output layer is a stride-1 transposed conv to C channels, no
+    BN, as that code's.
+  - Inputs are mapped to [-1, 1] inside the encoder for every data set. The Ghosh et al.
+    code (whose backbone the paper uses) does so for MNIST and CIFAR-10 and feeds CelebA
+    in [0, 1]; the paper does not say. The decoder's output is a sigmoid; the BCE is the
+    mean over pixels, as Keras computes it.
   - Learning-rate switches at epochs int(0.33 E) and int(0.66 E) (33 and 66 for E = 100);
-    the warm-up epoch (constant 1e-4) is the first of the E epochs.
+    the warm-up epoch (constant 1e-4) is the first of the E epochs. A run resumed with a
+    larger --epochs keeps the schedule of the epochs it was started with.
   - GMM: scikit-learn GaussianMixture with max_iter 2000, tol 1e-3 (the RAE code's values;
     the paper gives none), seeded with --seed. MVG sampling uses an eigendecomposition, so
     a singular covariance (e.g. --latent-norm ln) does not fail.
@@ -58,13 +66,12 @@ Deviations and choices:
   - No augmentation by default (the paper mentions none); --flip adds random flips.
   - The digits data set (1500 train / 297 test images upscaled to 32x32) is our offline
     addition, not in the paper.
-  - Under torchrun (README, "Several GPUs"): --batch-size is the global batch, each process
-    takes its 1/N share; the backbone's batch norms then normalise over a process's B/N
-    images unless --sync-bn (CUDA). --no-batch-norm (not the paper's) removes the only term
-    that depends on how a batch is split; the loss itself is a per-image mean.
+  - --no-batch-norm (not the paper's) removes the backbone's batch norms, the only part
+    of the DAE that depends on how torchrun splits a batch (README, "Several GPUs").
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -77,17 +84,37 @@ from common import arg
 
 # The paper's FIDs (Tables 2, 3; test-set reference, 10,000 samples), which eval.py prints
 # beside ours: {(data set, filters, depth, latent units, latent norm): {column: FID}}.
+# Table 2's CelebA row is keyed at 128 latents: Table 3 lists the same figures under 128
+# (Table 2's caption says 64).
 PAPER_FID = {
+    ("cifar10", 32, (1,), 128, "none"): {"rec": 60.20, "normal": 288.8, "mvg": 99.60,
+                                         "gmm": 90.55},
+    ("cifar10", 64, (1,), 128, "none"): {"rec": 48.05, "normal": 372.3, "mvg": 85.38,
+                                         "gmm": 77.36},
     ("cifar10", 128, (1,), 128, "none"): {"rec": 45.21, "normal": 282.3, "mvg": 82.49,
                                           "gmm": 73.78},
     ("cifar10", 128, (1,), 128, "bn"): {"rec": 45.24, "normal": 94.14, "mvg": 82.64,
                                         "gmm": 73.05},
+    ("cifar10", 256, (1,), 128, "none"): {"rec": 47.51, "normal": 402.7, "mvg": 90.59,
+                                          "gmm": 79.97},
+    ("cifar10", 32, (1,), 160, "none"): {"rec": 51.06, "normal": 376.1, "mvg": 98.90,
+                                         "gmm": 88.17},
+    ("cifar10", 32, (1,), 192, "none"): {"rec": 43.55, "normal": 419.6, "mvg": 98.49,
+                                         "gmm": 88.51},
+    ("cifar10", 64, (1,), 152, "none"): {"rec": 43.22, "normal": 370.8, "mvg": 86.55,
+                                         "gmm": 76.59},
     ("cifar10", 128, (1,), 144, "none"): {"rec": 40.31, "normal": 428.6, "mvg": 81.62,
                                           "gmm": 72.82},
+    ("cifar10", 256, (1,), 160, "none"): {"rec": 37.70, "normal": 379.5, "mvg": 86.90,
+                                          "gmm": 75.67},
     ("cifar10", 128, (3, 3, 2, 1), 96, "none"): {"mvg": 77.10, "gmm": 67.32},
-    ("celeba", 128, (1,), 64, "none"): {"rec": 31.85, "normal": 426.9, "mvg": 46.96,
-                                        "gmm": 39.10},
+    ("celeba", 128, (1,), 96, "none"): {"rec": 34.84, "normal": 406.47, "mvg": 44.98,
+                                        "gmm": 39.13},
+    ("celeba", 128, (1,), 128, "none"): {"rec": 31.85, "normal": 426.9, "mvg": 46.96,
+                                         "gmm": 39.10},
 }
+# What selects a row of PAPER_FID; every other setting must be the default (the paper's).
+KEYED = ("dataset", "filters", "depth", "latent_dim", "latent_norm")
 
 
 @dataclass
@@ -99,7 +126,7 @@ class Args:
     flip: bool = arg(False, "random horizontal flips (the paper uses no augmentation)")
     filters: int = arg(128, "filter base f: encoder stages have f, 2f, 4f, 8f filters", low=1)
     depth: list[int] = arg([1], "convs per stage (strided last): one value or four", low=1)
-    latent_dim: int = arg(128, "latent units (128 CIFAR-10 and 64 CelebA in Table 2)", low=1)
+    latent_dim: int = arg(128, "latent units (128 in Table 2; Table 3 sweeps them)", low=1)
     latent_norm: str = arg("none", "on the latent layer: batch, layer or spectral norm",
                            choices=("none", "bn", "ln", "sn"))
     noise_std: float = arg(0.0, "std of Gaussian noise added to the decoder input", low=0)
@@ -107,6 +134,8 @@ class Args:
     batch_norm: bool = arg(True, "batch norm in the conv stages (the paper's); off, no step "
                            "depends on how a batch is split between torchrun processes")
     epochs: int = arg(100, "training epochs", low=1)
+    schedule_epochs: int = arg(0, "epochs the lr schedule spans; 0: --epochs (a run resumed "
+                               "with more --epochs keeps its own schedule)", low=0)
     batch_size: int = arg(128, "batch size", low=1)
     lr: float = arg(1e-3, "learning rate; x0.1 at 33%% and again at 66%% of the epochs", low=0)
     warmup_lr: float = arg(1e-4, "learning rate of the first (warm-up) epoch", low=0)
@@ -121,23 +150,48 @@ class Args:
 
 
 # ----------------------------------------------------------------------------------------
-# Model: the common backbone, nothing added
+# Model: the common backbone; the latent layer and its variants (Sec. 4) are the DAE's own
 # ----------------------------------------------------------------------------------------
+
+
+def latent_layer(args: Args, in_features: int) -> nn.Sequential:
+    """The code layer: a Linear to the latent units, spectrally normalised (sn) or followed
+    by a batch norm (bn) or layer norm (ln), optionally frozen at its random initialisation."""
+    linear = nn.Linear(in_features, args.latent_dim)
+    norm = {"bn": nn.BatchNorm1d(args.latent_dim), "ln": nn.LayerNorm(args.latent_dim)}
+    layer = nn.Sequential(linear, norm.get(args.latent_norm, nn.Identity()))
+    common.keras_init(layer)
+    if args.latent_norm == "sn":
+        common.spectral_norm(linear)
+    if args.freeze_latent:  # Fig. 3: weights and bias stay at their initial values
+        linear.requires_grad_(False)
+    return layer
+
+
+def without_batch_norm(module: nn.Module):
+    """--no-batch-norm (not the paper's): the backbone's batch norms become identities."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, nn.Identity())
+        else:
+            without_batch_norm(child)
 
 
 class DAE(nn.Module):
     def __init__(self, args: Args, channels: int, image_size: int):
         super().__init__()
-        self.encoder = common.Encoder(
-            channels, image_size, args.filters, args.depth, args.latent_dim,
-            latent_norm=args.latent_norm, freeze_latent=args.freeze_latent,
-            batch_norm=args.batch_norm)
-        self.decoder = common.Decoder(
-            channels, image_size, args.filters, args.depth, args.latent_dim,
-            noise_std=args.noise_std, batch_norm=args.batch_norm)
+        features = common.Encoder(channels, image_size, args.filters, args.depth)
+        self.encoder = nn.Sequential(features, latent_layer(args, features.out_features))
+        self.decoder = common.Decoder(channels, image_size, args.filters, args.depth,
+                                      args.latent_dim)
+        self.noise_std = args.noise_std
+        if not args.batch_norm:
+            without_batch_norm(self)
 
     def forward(self, x):  # x [B, C, H, W] in [0, 1]
         z = self.encoder(x)  # [B, d]
+        if self.training and self.noise_std > 0:  # Sec. 4: noise on the decoder's input
+            return self.decoder(z + self.noise_std * torch.randn_like(z)), z
         return self.decoder(z), z  # logits [B, C, H, W], codes [B, d]
 
 
@@ -170,7 +224,8 @@ def train(args: Args, given: set):
     steps = len(train_images) // batch
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
-        lr = common.daly_learning_rate(epoch, args.epochs, args.lr, args.warmup_lr)
+        lr = common.daly_learning_rate(epoch, args.schedule_epochs or args.epochs, args.lr,
+                                       args.warmup_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
@@ -196,9 +251,16 @@ def train(args: Args, given: set):
         common.save_test_reconstructions(model, test_images, folder)
         state = common.save_epoch(folder, "dae", args, epoch, model, optimizer, data_shape)
 
-    # Ex-post density estimation on the codes of the whole training set.
-    common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
-                       args.gmm_components)
+    # Ex post, the method's generative half: encode the whole training set with the trained
+    # encoder (eval mode), fit N(0, I), MVG and a GMM to the codes, keep them with the model.
+    model.eval()
+    codes = common.gather_rows(common.encode_all(model.encoder, train_images))  # [N, d]
+    if common.is_main():  # under torchrun: once, on every process's codes
+        samplers = common.fit_samplers(codes, args.seed, args.gmm_components)
+        common.save_samplers(state, samplers, folder / common.CHECKPOINT)
+        run = common.Run(model, state["args"], samplers, folder)
+        common.save_sample_grids(run, args.seed)  # decoded samples of each density
+        common.save_interpolations(run, test_images.float() / 255, folder / "interpolations.png")
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
     return folder
 
@@ -219,12 +281,14 @@ encode, decode, sample = common.encode, common.decode, common.sample
 
 
 def paper_fid(args: dict, ref: str = "test") -> dict:
-    """The paper's FID for this run's setting, by column (empty if it reports none)."""
-    if ref != "test":  # the paper's FIDs are all against the test split
-        return {}
+    """The paper's FID for this run's setting, by column: only when the run is a reported
+    setting (PAPER_FID's key) and every other setting that matters is the paper's."""
     depth = tuple(args["depth"]) if len(set(args["depth"])) > 1 else tuple(args["depth"][:1])
     key = (args["dataset"], args["filters"], depth, args["latent_dim"], args["latent_norm"])
-    return PAPER_FID.get(key, {})
+    paper = {**dataclasses.asdict(Args()), **{k: args[k] for k in KEYED}}
+    if ref != "test" or key not in PAPER_FID or common.off_paper(args, paper):
+        return {}  # the paper's FIDs are all against the test split
+    return PAPER_FID[key]
 
 
 def main(args: Args, given: set):

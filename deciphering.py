@@ -53,13 +53,10 @@ Deviations and choices (the paper where it speaks, else the official code):
   - bf16 autocast and channels_last on CUDA (official: fp32); a checkpoint with the
     optimizer every --save-every epochs (official: weights every 100 epochs).
   - CelebA's training split here is train + valid (182,637 images; paper 162,770).
-  - Under torchrun (README, "Several GPUs"): --batch-size is the global batch. k-means and
-    the patterns are computed once for the whole training set (rank 0); each process keeps
-    its shard of the images with their own patterns. The decoder's batch norms normalise
-    over a process's B/N images unless --sync-bn (CUDA): the paper trains (and the official
-    sampler normalises) over batches of 256, so with N GPUs use --sync-bn to keep that
-    meaning. Each process draws its own shifts and input noise; the EMA is kept in every
-    process from identical weights.
+  - Under torchrun (README, "Several GPUs") the batch statistics are part of the method:
+    the paper trains (and the official sampler normalises) over batches of 256, so with N
+    GPUs use --sync-bn to keep that meaning. k-means and the patterns are computed once for
+    the whole training set; each process keeps its images' own patterns.
 """
 from __future__ import annotations
 
@@ -100,6 +97,8 @@ class Args:
     max_shift: int = arg(8, "largest horizontal shift in pixels (0: no geometric reg.)", low=0)
     flip: bool = arg(True, "flip images and reverse stage-3 patterns on odd epochs")
     epochs: int = arg(1000, "training epochs (phase two: 2000 unless given)", low=1)
+    schedule_epochs: int = arg(0, "epochs the weight-decay warm-up is a fraction of; 0: "
+                               "--epochs (a run resumed with more --epochs keeps its own)", low=0)
     batch_size: int = arg(256, "batch size", low=1)
     lr: float = arg(2e-3, "AdamW learning rate", low=0)
     mlp_lr: float = arg(2e-4, "learning rate of the shift MLP", low=0)
@@ -304,9 +303,23 @@ def lpips_loss(lpips_net, output, target, size: int) -> torch.Tensor:
     return lpips_net(up(output), up(target)).mean()
 
 
+def training_batch(images: torch.Tensor, patterns: torch.Tensor, args: Args, epoch: int):
+    """The inputs and target of Eq. (2) for uint8 images [B, C, S, S] and their patterns
+    [B, sum(active)]: (noise input, masks of stages 1-3, the MLP's position, T(x_i, r))."""
+    x = images.float().div_(127.5).sub_(1)  # [B, C, S, S] in [-1, 1], LPIPS's range
+    if flips(args, epoch):  # the image flipped, its stage-3 pattern reversed
+        x, patterns = x.flip(3), flip_patterns(patterns, args)
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    shifts = torch.randint(-args.max_shift, args.max_shift + 1, (len(x),), device=x.device)
+    target = shift_images(x, shifts, args.max_shift)  # T(x_i, r)
+    noise = torch.randn_like(x)  # the encoder's input
+    return noise, masks_of(patterns, args), shift_position(shifts, args.max_shift), target
+
+
 def weight_decay(args: Args, epoch: int) -> float:
     """0 at epoch 0, rising linearly to --weight-decay at epoch int(wd_warmup E), then flat."""
-    warmup = int(args.wd_warmup * args.epochs)
+    warmup = int(args.wd_warmup * (args.schedule_epochs or args.epochs))
     return args.weight_decay * min(epoch / warmup, 1.0) if warmup else args.weight_decay
 
 
@@ -411,18 +424,10 @@ def train(args: Args, given: set):
         order = torch.randperm(len(train_images), generator=g)[:steps * batch].to(device)
         bar = common.progress(order.view(steps, -1), desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, index in enumerate(bar):
-            x = train_images[index].float().div_(127.5).sub_(1)  # [B, C, S, S] in [-1, 1]
-            codes = patterns_on_device[index]  # [B, sum(active)]
-            if flips(args, epoch):  # the image flipped, its stage-3 pattern reversed
-                x, codes = x.flip(3), flip_patterns(codes, args)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            shifts = torch.randint(-args.max_shift, args.max_shift + 1, (len(x),), device=device)
-            target = shift_images(x, shifts, args.max_shift)  # T(x_i, r)
-            noise = torch.randn_like(x)  # the encoder's input
+            noise, masks, position, target = training_batch(
+                train_images[index], patterns_on_device[index], args, epoch)
             with common.autocast(device):
-                position = shift_position(shifts, args.max_shift)  # what the MLP reads
-                output = forward(noise, masks_of(codes, args), position)  # g_theta(z_i, r)
+                output = forward(noise, masks, position)  # g_theta(z_i, r)
                 loss = lpips_loss(lpips_net, output, target, args.lpips_size)  # Eq. (2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -16,7 +16,9 @@ One protocol for every method, so that the columns of the papers' tables can be 
     as Daly et al. and Ghosh et al.; --ref train: the training set, as Maeda's Table 1 also
     reports), computed with symmetric eigendecompositions in float64. Reference statistics are
     cached as DATA_ROOT/fid-stats/*.npz holding `mu` and `sigma` (pytorch-fid's format; check
-    them with `python -m pytorch_fid FILE.npz OTHER`) and the features.
+    them with `python -m pytorch_fid FILE.npz OTHER`) and the features; the file name holds
+    hashes of the reference images and of the Inception weights file, so statistics made with
+    other weights (the tests' random ones, say) or other data are never read.
   - IS over 10 splits in order (mean and std); improved precision / recall with k = 3.
 Figures from fewer than 2048 samples (the feature dimension) are biased and the table marks
 them as smoke tests. None of the papers ships its evaluation code; the reference
@@ -28,6 +30,7 @@ decode(run, z); paper_fid(args, ref) gives the paper's figures to print beside o
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -62,15 +65,20 @@ class Args:
 
 def reference(net, run_args: dict, data_root: str, split: str, n: int, batch_size: int):
     """Features, mean and covariance of n reference images (a seeded random subset when
-    the split holds more), cached next to the data."""
+    the split holds more), cached next to the data under a name that holds a hash of the
+    images, of the Inception weights and the feature protocol: a cache made with other
+    weights or other data is never read."""
     dataset, size, crop = run_args["dataset"], run_args["image_size"], run_args["crop"]
-    cache = Path(data_root or ".") / "fid-stats" / f"{dataset}-{split}-size{size}-crop{crop}-n{n}.npz"
-    if cache.exists():
-        with np.load(cache) as stored:
-            return {k: torch.from_numpy(stored[k]) for k in ("features", "mu", "sigma")}
     images = common.load_images(dataset, data_root, split, size, crop)
     if len(images) > n:
         images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]]
+    data_digest = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
+    cache = (Path(data_root or ".") / "fid-stats" /
+             f"{dataset}-{split}-n{len(images)}-data{data_digest}-"
+             f"inception{net.weights_digest}-{common.FEATURE_PROTOCOL}.npz")
+    if cache.exists():
+        with np.load(cache) as stored:
+            return {k: torch.from_numpy(stored[k]) for k in ("features", "mu", "sigma")}
     features, _ = common.inception_outputs(
         net, (x.float() / 255 for x in images.split(batch_size)),
         math.ceil(len(images) / batch_size), f"reference {split}")
@@ -122,7 +130,8 @@ def score(net, batches, total: int, ref: dict, desc: str) -> dict:
     mu, sigma = common.gaussian_stats(features)
     is_mean, is_std = common.inception_score(logits)
     precision, recall = common.precision_recall(ref["features"], features)
-    return {"fid": common.frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), "n": len(features),
+    fid = common.frechet_distance(ref["mu"], ref["sigma"], mu, sigma, ref["root"])
+    return {"fid": fid, "n": len(features),
             "is_mean": is_mean, "is_std": is_std, "precision": precision, "recall": recall}
 
 
@@ -157,6 +166,7 @@ def evaluate(args: Args):
     data_root = args.data_root or run.args["data_root"]
     net = common.Inception().to(device)
     ref = reference(net, run.args, data_root, args.ref, args.num_samples, args.batch_size)
+    ref["root"] = common.psd_sqrt(ref["sigma"])  # once for every column
     n, steps = args.num_samples, len(chunks(args.num_samples, args.batch_size))
     columns = {}
     encoder = hasattr(method, "encode")

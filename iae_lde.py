@@ -63,10 +63,9 @@ Deviations and choices (where the paper is silent we follow the official code, [
     samples, its width chosen from 10 values log-spaced over [0.1, 1] on a validation set
     (the last tenth of the training split, at most 10,000 images, which the autoencoder
     has seen), mean log-likelihood of the test images +- standard error.
-  - Under torchrun (README, "Several GPUs"): stage one splits the global --batch-size over
-    the processes; its batch norms normalise over a process's B/N images unless --sync-bn
-    (CUDA), and the active-dimension schedule is the same in every process. Stage two, the
-    LDE, runs in rank 0 alone (its codes are small); --fit-lde and --parzen take one process.
+  - Under torchrun (README, "Several GPUs") the active-dimension schedule is the same in
+    every process; stage two, the LDE, runs in rank 0 alone (its codes are small), and
+    --fit-lde and --parzen take one process.
 """
 from __future__ import annotations
 
@@ -351,7 +350,7 @@ class LDESampler:
 
     def state_dict(self) -> dict:
         lde = self.lde
-        return {"kind": "lde", "latent_dim": lde.latent_dim, "components": lde.components,
+        return {"module": "iae_lde", "latent_dim": lde.latent_dim, "components": lde.components,
                 "max_channels": lde.max_channels, "weights": lde.state_dict()}
 
     @classmethod
@@ -359,6 +358,11 @@ class LDESampler:
         lde = LDE(state["latent_dim"], state["components"], state["max_channels"])
         lde.load_state_dict(state["weights"])
         return cls(lde)
+
+
+def sampler_from_state(state: dict) -> LDESampler:
+    """What common.samplers_from_state calls for a stored LDE (its state names this file)."""
+    return LDESampler.from_state(state)
 
 
 LDE_SETTINGS = ("components", "lde_max_channels", "lde_batch_size", "lde_lr", "lde_lr_drops",

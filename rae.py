@@ -22,7 +22,8 @@ density is fitted to the training codes after training (ex-post density estimati
 Reproduce (FID with `python eval.py RUN_DIR`: REC | N(0,I) | MVG | GMM | Interp as Table 1;
 the paper's N column for RAEs is the fitted Gaussian, our MVG). V is any of rae-l2, rae-gp,
 rae-sn, rae, ae; each gets the official beta and lambda of its data set:
-    CIFAR-10 (Table 1 GMM: RAE-L2 74.16, RAE-GP 76.33, RAE-SN 75.30, RAE 76.28, AE 76.47):
+    CIFAR-10 (Table 1 GMM: RAE-L2 74.16, RAE-GP 76.33, RAE-SN 75.30, RAE 76.28, AE 76.47;
+    the official RAE-GP ran 70 epochs, add --epochs 70):
         python rae.py --dataset cifar10 --variant V
     MNIST (padded to 32x32, latent 16; GMM: 8.69, 11.54, 11.74, 9.81, 10.66):
         python rae.py --dataset mnist --latent-dim 16 --variant V
@@ -40,26 +41,37 @@ and --beta / --reg-weight set to -1 take the official per-data-set values so con
 
 Deviations and choices:
   - Backbone as dae.py (common.py): the official MNIST/CIFAR net, 5x5 kernels for CelebA;
-    Keras init and batch-norm constants; inputs to [-1, 1] for every data set (the
-    official code does not rescale CelebA); sigmoid output.
+    Keras init, batch-norm constants and TensorFlow 'same' padding; sigmoid output. Inputs
+    are mapped to [-1, 1] for every data set; the official code does so for MNIST and
+    CIFAR-10, not for CelebA (not measured).
   - CIFAR-10 RAE-GP: the official entry has gamma 0 (a stale copy of the CV-VAE entry);
     we use CelebA's gamma_code 1e-7 with its beta_code 9e-4.
-  - RAE-L2 penalises decoder kernels only (no biases, no BN): the ConvTs always, the first
-    Dense only for CelebA, as the official code. RAE-GP differentiates the squared output
-    norm with respect to z through the decoder (official; pythae uses the input image).
+  - RAE-L2 penalises decoder kernels only (no biases, no BN): the transposed convs always
+    (the output layer is one), the first Dense only for CelebA, as the official code.
+    RAE-GP differentiates the squared output norm with respect to z through the decoder
+    (official; pythae uses the input image).
   - RAE-SN: spectral normalisation (one power iteration per step) of the decoder, as the
-    paper says; --sn-layers all does every layer, as the official code. BN is kept.
+    paper says; --sn-layers all does every layer, as the official code. The normalised
+    matrix is Keras' (common.spectral_norm): for a transposed conv [k k out, in], not
+    PyTorch's default [out, in k k]. BN is kept.
+  - Learning rate: Keras 2.3.1's ReduceLROnPlateau as the official code runs it (factor
+    0.5, patience 5, min_delta 1e-4 on the mean-scale loss, so 1e-4 P on ours; halve when
+    5 epochs in a row were not better, then count again); PyTorch's own scheduler would
+    use a relative threshold and halve one epoch later (KerasPlateau).
   - Validation: the last tenth of the training split is held out of training; its loss
-    drives the learning-rate halving (patience 5). The official code's validation set
-    overlaps its training set by 40k images. We keep the last epoch, not the best one.
+    drives the learning-rate halving. The official code's validation set overlaps its
+    training set by 40k images. The ex-post densities are fitted on the other nine tenths
+    (the codes the model trained on); the official code fits them on the whole training
+    split (a tenth more codes; not measured). We keep the last epoch, not the best one.
   - GMM: scikit-learn, 10 components, full covariance, max_iter 2000, tol 1e-3 (official).
-  - Under torchrun (README, "Several GPUs"): --batch-size is the global batch; the backbone's
-    batch norms normalise over a process's B/N images unless --sync-bn (CUDA). L_z, the
-    L2, GP and SN terms are per image or per weight, so they do not depend on the split. The
-    validation loss is averaged over the processes, so all halve the learning rate at once.
+  - Under torchrun the validation loss is averaged over the processes, so all halve the
+    learning rate at once; L_z, the L2, GP and SN terms are per image or per weight and do
+    not depend on how a batch is split (README, "Several GPUs").
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -111,7 +123,8 @@ class Args:
     epochs: int = arg(100, "training epochs (70 for CelebA)", low=1)
     batch_size: int = arg(100, "batch size", low=1)
     lr: float = arg(5e-4, "Adam learning rate (1e-3 for CelebA)", low=0)
-    patience: int = arg(5, "halve the lr after this many epochs without a better val loss", low=1)
+    patience: int = arg(5, "halve the lr after this many epochs in a row without a better "
+                        "validation loss (Keras: better = lower by 1e-4 per pixel)", low=1)
     gmm_components: int = arg(10, "components of the ex-post GMM", low=1)
     seed: int = arg(0, "seed of initialisation, batch order and samplers")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
@@ -139,11 +152,14 @@ def weights(args: Args, pixels: int) -> tuple[float, float]:
 class RAE(nn.Module):
     def __init__(self, args: Args, channels: int, image_size: int):
         super().__init__()
-        sn = args.sn_layers if args.variant == "rae-sn" else "none"
-        self.encoder = common.Encoder(channels, image_size, args.filters, args.depth,
-                                      args.latent_dim, spectral_norm=sn)
+        features = common.Encoder(channels, image_size, args.filters, args.depth)
+        code = nn.Linear(features.out_features, args.latent_dim)
+        common.keras_init(code)
+        self.encoder = nn.Sequential(features, code)
         self.decoder = common.Decoder(channels, image_size, args.filters, args.depth,
-                                      args.latent_dim, spectral_norm=sn)
+                                      args.latent_dim)
+        if args.variant == "rae-sn":  # Sec. 4.1: the decoder; the official code: every layer
+            common.spectral_norm(self.decoder, *([self.encoder] if args.sn_layers == "all" else []))
 
     def forward(self, x):  # x [B, C, H, W] in [0, 1]
         z = self.encoder(x)  # [B, d]
@@ -176,10 +192,12 @@ def gradient_penalty(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 
 def decoder_l2(model: RAE, include_dense: bool) -> torch.Tensor:
-    """Eq. (13): sum of squared decoder kernels; the first Dense only if include_dense."""
-    kernels = [p for n, p in model.decoder.named_parameters()
-               if p.ndim > 1 and (include_dense or not n.startswith("from_latent"))]
-    return sum(p.square().sum() for p in kernels)
+    """Eq. (13): sum of the squared kernels of the decoder's transposed convs, and of its
+    first Dense layer if include_dense (the official CelebA model)."""
+    layers = [m for m in model.decoder.modules()  # its transposed convs (and the convs of
+              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]  # a deeper decoder)
+    layers += [model.decoder.from_latent] if include_dense else []
+    return sum(m.weight.square().sum() for m in layers)
 
 
 def loss_terms(model: RAE, x: torch.Tensor, args: Args, forward=None) -> dict:
@@ -193,6 +211,39 @@ def loss_terms(model: RAE, x: torch.Tensor, args: Args, forward=None) -> dict:
     else:
         terms["reg"] = torch.zeros((), device=x.device)
     return terms
+
+
+def rae_loss(terms: dict, beta: float, reg_weight: float) -> torch.Tensor:
+    """Eq. (11): L_REC + beta L_z + lambda L_REG."""
+    return terms["rec"] + beta * terms["lz"] + reg_weight * terms["reg"]
+
+
+class KerasPlateau:
+    """The official schedule, Keras 2.3.1's ReduceLROnPlateau(factor=0.5, patience=5) with its
+    defaults (min_delta 1e-4, absolute; cooldown 0): an epoch counts as better when its
+    validation loss is below the best so far minus min_delta; after `patience` epochs in a
+    row that are not, the learning rate halves and the count restarts."""
+
+    def __init__(self, optimizer, patience: int, min_delta: float, factor: float = 0.5):
+        self.optimizer, self.patience, self.min_delta, self.factor = (
+            optimizer, patience, min_delta, factor)
+        self.best, self.wait = math.inf, 0
+
+    def step(self, val_loss: float):
+        if val_loss < self.best - self.min_delta:
+            self.best, self.wait = val_loss, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.factor
+            self.wait = 0
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict):
+        self.best, self.wait = state["best"], state["wait"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -214,16 +265,14 @@ def train(args: Args, given: set):
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
-                                                         patience=args.patience)
+    # Keras' min_delta 1e-4 on the official mean-scale loss is 1e-4 P on our summed loss.
+    plateau = KerasPlateau(optimizer, args.patience, min_delta=1e-4 * data_shape[0] *
+                           data_shape[1] ** 2)
     folder, start_epoch = common.open_run("rae", args, checkpoint, model, optimizer)
     if checkpoint is not None:
         plateau.load_state_dict(checkpoint["plateau"])
     # RAE-GP differentiates twice, which compiled graphs do not support: it runs eagerly.
     forward = common.parallel(model, args.compile and args.variant != "rae-gp", args.sync_bn)
-
-    def total(terms):  # Eq. (11)
-        return terms["rec"] + beta * terms["lz"] + reg_weight * terms["reg"]
 
     batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
     steps = len(train_images) // batch
@@ -236,7 +285,7 @@ def train(args: Args, given: set):
         for step, x in enumerate(bar):
             with common.autocast(device):
                 terms = loss_terms(model, x, args, forward)
-            loss = total(terms)
+            loss = rae_loss(terms, beta, reg_weight)  # Eq. (11)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -247,7 +296,7 @@ def train(args: Args, given: set):
         rec, lz, reg = (common.mean_over_processes(sums) / steps).tolist()
         model.eval()  # validation loss (BN with running statistics) drives the lr
         with torch.enable_grad() if args.variant == "rae-gp" else torch.no_grad():
-            val = [total(loss_terms(model, x.float() / 255, args)).item()
+            val = [rae_loss(loss_terms(model, x.float() / 255, args), beta, reg_weight).item()
                    for x in val_images.split(args.batch_size)]
         val_loss = common.mean_over_processes(torch.tensor(sum(val) / len(val))).item()
         common.stop_if_diverged(val_loss, epoch, folder)
@@ -282,10 +331,24 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample
 
 
+def official_settings(dataset: str, variant: str) -> dict:
+    """Every setting of the official run of Table 1 (configurations/config.py): latent
+    units, learning rate and epochs per data set (CIFAR-10 RAE-GP: 70 epochs), the rest as
+    Args' defaults (batch 100, f 128, official weights)."""
+    latent, lr, epochs = {"mnist": (16, 5e-4, 100), "cifar10": (128, 5e-4, 100),
+                          "celeba": (64, 1e-3, 70)}[dataset]
+    if (dataset, variant) == ("cifar10", "rae-gp"):
+        epochs = 70
+    return {**dataclasses.asdict(Args()), "dataset": dataset, "variant": variant,
+            "latent_dim": latent, "lr": lr, "epochs": epochs}
+
+
 def paper_fid(args: dict, ref: str = "test") -> dict:
-    """Table 1's FIDs for this run's data set and variant (official settings only)."""
+    """Table 1's FIDs for this run's data set and variant: only when every setting that
+    matters is the official one (official_settings), against the test split."""
     table = PAPER_FID.get(args["dataset"], {}).get(args["variant"])
-    if ref != "test" or table is None or args["beta"] >= 0 or args["reg_weight"] >= 0:
+    if ref != "test" or table is None or common.off_paper(
+            args, official_settings(args["dataset"], args["variant"])):
         return {}
     return dict(zip(("rec", "mvg", "gmm", "interp"), table))
 

@@ -1,299 +1,336 @@
-"""Benchmarks (not collected by pytest): training step and evaluation helpers.
+"""Benchmark of every method's training step and of eval.py (not collected by pytest).
 
-    python tests/benchmark.py                 # both sections on the default device
-    python tests/benchmark.py --section train --device cuda --compile
-    python tests/benchmark.py --section eval --images 500
-    python tests/benchmark.py --method deciphering [--batches 32 256] [--compile]
+    python tests/benchmark.py --device cuda            # the papers' configurations, GPU
+    python tests/benchmark.py --device cpu --small     # small configurations, CPU
+    python tests/benchmark.py --methods dae deciphering --steps 50 --json out.json
 
-train: images/sec and peak memory of dae.py's step for the paper config (f=128) and a
-small one (f=32). Each runs in a fresh process so that its peak memory is its own: on CUDA
-torch.cuda.max_memory_allocated, on the CPU the process's peak resident set size. The step
-is the one dae.py trains with: forward under bf16 autocast (CUDA), BCE, backward, Adam;
-channels_last on CUDA; random 32x32x3 batches already on the device.
+Training: one row per method and mode: dae, vae, each RAE variant, eae, iae (stage one),
+lde (stage two) and deciphering, each built from its own file's model, loss and optimiser
+(the paper's configuration: CIFAR-10 shaped batches, the paper's width and batch size;
+--small: narrow networks, batch 32). A step is split into forward, loss, backward and
+optimizer (+ EMA for the deciphering AE), each timed after warm-up steps (compilation
+excluded) with CUDA events on the GPU, the clock on the CPU. Modes on CUDA: fp32 (TF32
+off), bf16 autocast, bf16 + channels_last (what the method files run), and the same
+compiled (--compile; not for RAE-GP, which differentiates twice). On the CPU: fp32 only.
+Columns: images/s, ms per step and per phase, peak memory (CUDA: per row; CPU: the
+process's peak so far), and the projected time of the paper's whole protocol (epochs x
+steps per epoch x ms per step; e.g. deciphering 1000 + 2000 epochs of CIFAR-10).
 
-eval: our Frechet distance (symmetric eigendecompositions, on the device) against
-pytorch-fid's calculate_frechet_distance (scipy sqrtm) at 2048-d from 10,000 samples each;
-Inception features/sec of our tensor path against pytorch-fid's file path (PNG files,
-DataLoader, get_activations) on the same images. Without the real Inception weights (no
-network) random ones stand in: the timing is the same.
+Evaluation: the time of one eval.py column: 10,000 samples (--small: 200) of a DAE drawn,
+decoded, passed through the FID Inception, and scored (FID, IS, precision / recall), all on
+the device; and our Frechet distance against pytorch-fid's scipy sqrtm.
 
---method deciphering: deciphering.py's training step at the paper's full model (18.1M
-parameters, LPIPS-AlexNet at 128x128) for each batch size, split into data (flip, shift,
-masks, noise), forward, LPIPS, backward and optimizer + EMA, each phase synchronised; the
-whole step unsynchronised gives the seconds per CIFAR-10 epoch (195 steps of 256). Then the
-vectorised shift against the official per-image loop (CPU tensors, then copied over).
+Without the real AlexNet, VGG19 or Inception weights (no network) random ones stand in:
+the timing is the same. Prints one markdown table per section; --json writes all rows.
 """
+from __future__ import annotations
+
 import argparse
+import dataclasses
 import json
+import math
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [("paper: f=128, latent 128, batch 128", 128, 128),
-           ("small: f=32, latent 128, batch 128", 32, 128)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import torch  # noqa: E402
+
+import common  # noqa: E402
+
+METHODS = ("dae", "vae", "rae-l2", "rae-gp", "rae-sn", "rae", "ae", "eae", "iae", "lde",
+           "deciphering")
+CIFAR_TRAIN = 50_000
+RANDOM_HOME = ""  # the temporary TORCH_HOME of random weights, once written
 
 
-def measure(filters: int, batch_size: int, device_name: str, steps: int, compile: bool):
-    sys.path.insert(0, str(ROOT))
-    import torch
+@dataclasses.dataclass
+class Step:
+    """One method's training step, cut into phases: what each phase calls is the method
+    file's own model, loss and optimiser."""
 
-    import common
-    import dae
-
-    device = common.pick_device(device_name)
-    args = dae.Args(filters=filters, batch_size=batch_size)
-    model = dae.DAE(args, 3, 32).to(device)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(memory_format=memory_format).train()
-    forward = torch.compile(model) if compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
-    x = torch.rand(batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
-
-    def step():
-        with common.autocast(device):
-            logits, _ = forward(x)
-        loss = dae.reconstruction_loss(logits, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3 if compile else 1):  # warm-up (and compilation)
-        step()
-    sync()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    seconds = time.perf_counter() - started
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
-    return {"images_per_sec": steps * batch_size / seconds, "peak_mb": peak_mb,
-            "device": str(device), "torch": torch.__version__,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batch: callable  # () -> inputs
+    forward: callable  # (module, inputs) -> outputs
+    loss: callable  # (outputs, inputs) -> scalar
+    after: callable = lambda step: None  # after optimizer.step (EMA)
+    images: int = 0  # images per step
+    protocol: tuple = ()  # (epochs, training images) of the paper's protocol
 
 
-def timed(function, *args, sync=lambda: None, **kwargs):
-    started = time.perf_counter()
-    result = function(*args, **kwargs)
-    sync()
-    return result, time.perf_counter() - started
-
-
-def eval_section(device_name: str, n_images: int):
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "tests"))
-    import torch
-    from PIL import Image
-    from pytorch_fid.fid_score import calculate_frechet_distance, get_activations
-    from pytorch_fid.inception import InceptionV3
-
-    import common
-    from fakes import write_random_inception
-
-    device = common.pick_device(device_name)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    g = torch.Generator().manual_seed(0)
-    mixing = torch.randn(2048, 2048, generator=g) / 2048 ** 0.5
-    features = [torch.randn(10_000, 2048, generator=g) @ mixing * scale + shift
-                for scale, shift in ((1.0, 0.0), (1.1, 0.05))]
-    stats = [common.gaussian_stats(f) for f in features]
-    on_device = [t.to(device) for pair in stats for t in pair]
-    ours, ours_s = timed(common.frechet_distance, *on_device, sync=sync)
-    numpy_stats = [t.numpy() for pair in stats for t in pair]
-    theirs, theirs_s = timed(calculate_frechet_distance, *numpy_stats)
-    print(f"\n| Frechet distance, 2048-d, 10,000 samples each | seconds | value |\n|---|---|---|\n"
-          f"| ours, {device} (eigh) | {ours_s:.2f} | {ours:.6f} |\n"
-          f"| pytorch-fid (scipy sqrtm, CPU) | {theirs_s:.2f} | {theirs:.6f} |")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = "real"
-        try:
-            net = common.Inception()
-        except common.UserError:
-            os.environ["TORCH_HOME"] = tmp
-            write_random_inception(Path(tmp))
-            net, weights = common.Inception(), "random"
-        net = net.to(device)
-        images = common.load_images("fake", "", "train")
-        images = images.repeat(n_images // len(images) + 1, 1, 1, 1)[:n_images]
-        files = []
-        for i, image in enumerate(images):
-            files.append(Path(tmp) / f"{i:05d}.png")
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(files[-1])
-        batches = lambda: (x.float() / 255 for x in images.split(50))  # noqa: E731
-        common.inception_outputs(net, batches())  # warm-up
-        _, ours_s = timed(common.inception_outputs, net, batches(), sync=sync)
-        workers = min(8, os.cpu_count() or 1)
-        model = InceptionV3([3]).to(device)
-        _, theirs_s = timed(get_activations, files, model, 50, 2048, device, workers, sync=sync)
-    print(f"\n| Inception features ({weights} weights), {n_images} images 32x32 | images/s |\n"
-          f"|---|---|\n| ours: tensors on {device}, pool3 + IS logits | {n_images / ours_s:.1f} |\n"
-          f"| pytorch-fid: PNG files, DataLoader ({workers} workers) | {n_images / theirs_s:.1f} |")
-
-
-def deciphering_section(device_name: str, batch_sizes, steps: int, compile: bool):
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "tests"))
-    import torch
-    import torch.nn.functional as F
-
-    import common
-    import deciphering as D
-    from fakes import write_random_alexnet
-
-    device = common.pick_device(device_name)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def pretrained(make):
+    """make() with the real pretrained weights if torch's cache has them, else with random
+    ones written into a temporary TORCH_HOME (offline): ("real" | "random", its result)."""
+    global RANDOM_HOME
     try:
-        lpips_net, weights = D.load_lpips(device), "real"
+        return "random" if RANDOM_HOME else "real", make()
     except common.UserError:
-        os.environ["TORCH_HOME"] = tempfile.mkdtemp()
-        write_random_alexnet(Path(os.environ["TORCH_HOME"]))
-        lpips_net, weights = D.load_lpips(device), "random"
-    args = D.Args()
-    print(f"\n| deciphering step, {device}, torch {torch.__version__}, LPIPS ({weights} AlexNet)"
-          f"{', compiled' if compile else ''} | batch | data | forward | LPIPS | backward | "
-          f"optimizer + EMA | step (unsynced) | s / CIFAR-10 epoch | peak memory |\n"
-          + "|---" * 10 + "|")
-    for batch in batch_sizes:
-        torch.manual_seed(0)
-        model = D.DecipheringAE(3, 32, args.widths, args.latent_dim).to(device)
-        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        model = model.to(memory_format=memory_format).train()
-        forward = torch.compile(model) if compile else model
-        mlp = list(model.shift_mlp.parameters())
-        others = [p for n, p in model.named_parameters() if not n.startswith("shift_mlp.")]
-        optimizer = torch.optim.AdamW([{"params": others}, {"params": mlp, "lr": 2e-4}], lr=2e-3,
-                                      weight_decay=0.08)
-        ema = D.EMA(model)
-        images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
-        patterns = D.make_patterns(torch.randint(32, (batch,)), args).to(device)
-        times = {k: 0.0 for k in ("data", "forward", "lpips", "backward", "optimizer")}
+        from fakes import write_random_alexnet, write_random_inception, write_random_vgg19
 
-        def step(phases: bool, number: int):
-            clock = [time.perf_counter()]
+        RANDOM_HOME = os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="bench-torch-")
+        for write in (write_random_alexnet, write_random_inception, write_random_vgg19):
+            write(Path(RANDOM_HOME))
+        return "random", make()
 
-            def mark(name):
-                if phases:
-                    sync()
-                    times[name] += time.perf_counter() - clock[0]
-                    clock[0] = time.perf_counter()
 
-            x = images.float().div_(127.5).sub_(1).flip(3).contiguous(memory_format=memory_format)
-            codes = D.flip_patterns(patterns, args)
-            shifts = torch.randint(-8, 9, (batch,), device=device)
-            target, noise = D.shift_images(x, shifts, 8), torch.randn_like(x)
-            masks, position = D.masks_of(codes, args), D.shift_position(shifts, 8)
-            mark("data")
-            with common.autocast(device):
-                output = forward(noise, masks, position)
-                mark("forward")
-                loss = D.lpips_loss(lpips_net, output, target, 128)
-                mark("lpips")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            mark("backward")
-            optimizer.step()
-            ema.update(model, number, 0.99995)
-            mark("optimizer")
+def build(method: str, device, small: bool) -> Step:
+    torch.manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
+    f = 16 if small else 128
+    images = lambda n: torch.rand(n, 3, 32, 32, device=device, generator=g)  # noqa: E731
+    if method in ("dae", "vae", "eae") or method.startswith(("rae", "ae")):
+        import dae, eae, rae, vae  # noqa: E401
 
-        for i in range(3 if compile else 1):  # warm-up (and compilation)
-            step(False, i)
-        for k in times:
-            times[k] = 0.0
-        for i in range(steps):
-            step(True, 1000 + i)  # EMA updates on every tenth step, as in training
-        sync()
-        started = time.perf_counter()
-        for i in range(steps):
-            step(False, 2000 + i)
-        sync()
-        per_step = (time.perf_counter() - started) / steps
-        if device.type == "cuda":
-            peak_mb = torch.cuda.max_memory_allocated() / 2**20
-            torch.cuda.reset_peak_memory_stats()
+        if method == "dae":
+            args = dae.Args(filters=f, batch_size=32 if small else 128)
+            model, loss = dae.DAE(args, 3, 32), lambda out, x: dae.reconstruction_loss(out[0], x)
+            protocol = (100, CIFAR_TRAIN)
+        elif method == "vae":
+            args = vae.Args(filters=f, batch_size=32 if small else 128)
+            model = vae.VAE(args, 3, 32)
+            loss = lambda out, x: vae.vae_loss(out[0], x, *out[1:], "bce", 0.01)["loss"]  # noqa
+            protocol = (100, CIFAR_TRAIN)
+        elif method == "eae":
+            args = eae.paper_regulariser(eae.Args(filters=f, batch_size=32 if small else 100))
+            model = eae.EAE(args, 3, 32)
+            loss = lambda out, x: eae.eae_loss(  # noqa: E731
+                out[0], x, out[1], eae.decoder_l2(model), args)["loss"]
+            protocol = (100, CIFAR_TRAIN)
         else:
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-        cells = " | ".join(f"{times[k] / steps * 1000:.0f} ms" for k in times)
-        print(f"| | {batch} | {cells} | {per_step * 1000:.0f} ms | "
-              f"{per_step * (50_000 // batch):.1f} | {peak_mb:.0f} MiB |")
+            args = rae.Args(variant=method, filters=f, batch_size=32 if small else 100)
+            model = rae.RAE(args, 3, 32)
+            beta, reg = rae.weights(args, 3 * 32 * 32)
+            loss = lambda out, x: rae.rae_loss(  # noqa: E731
+                rae.loss_terms(model, x, args, lambda _: out), beta, reg)
+            protocol = (70 if method == "rae-gp" else 100, CIFAR_TRAIN * 9 // 10)
+        model.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-7)
+        batch = args.batch_size
+        return Step(model, optimizer, lambda: images(batch), lambda m, x: m(x), loss,
+                    images=batch, protocol=protocol)
+    if method == "iae":
+        import iae_lde as I
 
-    x = torch.rand(256, 3, 32, 32, device=device)
-    shifts = torch.randint(-8, 9, (256,), device=device)
+        args = I.official(I.Args(filters=16 if small else 64, batch_size=32 if small else 128))
+        model = I.IAE(args, 3, 32).to(device)
+        perceptual = pretrained(I.Perceptual)[1].to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.999))
+        return Step(model, optimizer, lambda: images(args.batch_size),
+                    lambda m, x: m(x, args.latent_dim),
+                    lambda out, x: I.autoencoder_loss(out[0], x, perceptual, args.perc_weight),
+                    images=args.batch_size, protocol=(args.epochs, CIFAR_TRAIN))
+    if method == "lde":
+        import iae_lde as I
 
-    def per_image_loop():  # the official code: one image at a time on the CPU, then copied
-        out = []
-        for image, r in zip(x.cpu(), shifts.tolist()):
-            if r > 0:
-                image = F.pad(image[None], (r, 0, 0, 0), mode="reflect")[0, ..., :-r]
-            elif r < 0:
-                image = F.pad(image[None], (0, -r, 0, 0), mode="reflect")[0, ..., -r:]
-            out.append(image)
-        return torch.stack(out).to(device)
+        args = I.official(I.Args())
+        d = 16 if small else args.latent_dim
+        model = I.LDE(d, args.components, args.lde_max_channels).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lde_lr, betas=(0.5, 0.999))
+        codes = lambda: torch.randn(args.lde_batch_size, d, device=device, generator=g)  # noqa
+        return Step(model, optimizer, codes, lambda m, z: m(z),
+                    lambda out, z: I.mixture_nll(*out, z).mean(),
+                    images=args.lde_batch_size, protocol=(args.lde_epochs, CIFAR_TRAIN))
+    if method == "deciphering":
+        import copy
 
-    assert torch.equal(per_image_loop(), D.shift_images(x, shifts, 8))
-    repeats = 20
-    _, loop_s = timed(lambda: [per_image_loop() for _ in range(repeats)], sync=sync)
-    _, ours_s = timed(lambda: [D.shift_images(x, shifts, 8) for _ in range(repeats)], sync=sync)
-    print(f"\n| shift of a batch of 256, {device} | ms |\n|---|---|\n"
-          f"| vectorised (gather on the device) | {ours_s / repeats * 1000:.2f} |\n"
-          f"| per-image loop (official) | {loop_s / repeats * 1000:.2f} |")
+        import deciphering as D
+
+        small_widths = dict(widths=[32, 64, 128, 256], active=[1, 2, 4], clusters=4,
+                            latent_dim=32, batch_size=32, lpips_size=64)
+        args = D.Args(**small_widths) if small else D.Args()
+        model = D.DecipheringAE(3, 32, args.widths, args.latent_dim).to(device)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        lpips_net = pretrained(lambda: D.load_lpips(device))[1]
+        others = [p for n, p in model.named_parameters() if not n.startswith("shift_mlp.")]
+        optimizer = torch.optim.AdamW([{"params": others},
+                                       {"params": list(model.shift_mlp.parameters()),
+                                        "lr": args.mlp_lr}], lr=args.lr, weight_decay=0.08)
+        uint8 = torch.randint(0, 256, (args.batch_size, 3, 32, 32), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(0)).to(device)
+        patterns = D.make_patterns(torch.arange(args.batch_size) % args.clusters, args).to(device)
+        return Step(model, optimizer, lambda: D.training_batch(uint8, patterns, args, 1),
+                    lambda m, inputs: m(*inputs[:3]),
+                    lambda out, inputs: D.lpips_loss(lpips_net, out, inputs[3], args.lpips_size),
+                    after=lambda step: D.update_ema(ema, model, 1000 + step, args.ema_decay),
+                    images=args.batch_size, protocol=(1000 + 2000, CIFAR_TRAIN))
+    raise ValueError(method)
 
 
-def main():
+class Clock:
+    """Phase times: CUDA events on the GPU (no synchronisation inside the step), the wall
+    clock on the CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def between(self, a, b) -> float:  # milliseconds
+        return a.elapsed_time(b) if self.cuda else (b - a) * 1000
+
+
+PHASES = ("forward", "loss", "backward", "optimizer")
+
+
+def measure(method: str, device, mode: str, small: bool, steps: int, warmup: int) -> dict:
+    step = build(method, device, small)
+    cuda = device.type == "cuda"
+    bf16, channels_last, compiled = "bf16" in mode, "channels_last" in mode, "compile" in mode
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cuda and bf16
+    model = step.model.to(memory_format=torch.channels_last) if channels_last else step.model
+    module = torch.compile(model) if compiled else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else None
+    clock, times = Clock(device), {p: 0.0 for p in PHASES}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    def run(number: int, record: bool):
+        inputs = step.batch()
+        if channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        marks = [clock.mark()]
+        with autocast or torch.autocast("cpu", enabled=False):
+            outputs = step.forward(module, inputs)
+            marks.append(clock.mark())
+            loss = step.loss(outputs, inputs)
+            marks.append(clock.mark())
+        step.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        marks.append(clock.mark())
+        step.optimizer.step()
+        step.after(number)
+        marks.append(clock.mark())
+        if record:
+            if cuda:
+                torch.cuda.synchronize()
+            for phase, a, b in zip(PHASES, marks, marks[1:]):
+                times[phase] += clock.between(a, b)
+        return loss
+
+    for number in range(warmup):
+        run(number, False)
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for number in range(warmup, warmup + steps):
+        loss = run(number, True)
+    if cuda:
+        torch.cuda.synchronize()
+    ms = (time.perf_counter() - started) / steps * 1000
+    epochs, train_images = step.protocol
+    peak = (torch.cuda.max_memory_allocated() if cuda else
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
+    return {"method": method, "mode": mode, "config": "small" if small else "paper",
+            "batch": step.images, "ms_per_step": ms, "images_per_sec": step.images / ms * 1000,
+            **{f"{p}_ms": times[p] / steps for p in PHASES}, "peak_mib": peak,
+            "loss": loss.item(), "seconds_per_epoch": ms / 1000 * (train_images // step.images),
+            "protocol_hours": ms / 1000 * (train_images // step.images) * epochs / 3600,
+            "params_m": sum(p.numel() for p in step.model.parameters()) / 1e6}
+
+
+def modes(device, compile: bool) -> list[str]:
+    if device.type != "cuda":
+        return ["fp32"]
+    return ["fp32", "bf16", "bf16+channels_last"] + (["bf16+channels_last+compile"]
+                                                      if compile else [])
+
+
+def train_section(device, methods, small, steps, warmup, compile) -> list[dict]:
+    rows = []
+    print(f"\n| method | mode | batch | images/s | ms / step | forward | loss | backward | "
+          f"optimizer | peak MiB | s / epoch | paper's protocol |\n" + "|---" * 12 + "|")
+    for method in methods:
+        for mode in modes(device, compile):
+            if "compile" in mode and method == "rae-gp":
+                continue  # double backward: runs eagerly in rae.py too
+            r = measure(method, device, mode, small, steps, warmup)
+            rows.append(r)
+            print(f"| {method} | {mode} | {r['batch']} | {r['images_per_sec']:.0f} | "
+                  f"{r['ms_per_step']:.1f} | " + " | ".join(f"{r[p + '_ms']:.1f}" for p in PHASES)
+                  + f" | {r['peak_mib']:.0f} | {r['seconds_per_epoch']:.1f} | "
+                  f"{r['protocol_hours']:.2f} h |", flush=True)
+    return rows
+
+
+def eval_section(device, small: bool, n: int) -> dict:
+    """One eval.py column, timed whole: sampling, decoding, Inception, FID / IS / P-R."""
+    import dae
+    import eval as eval_module
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    weights, net = pretrained(common.Inception)
+    net = net.to(device)
+    torch.manual_seed(0)
+    model = dae.DAE(dae.Args(filters=16 if small else 128), 3, 32).to(device).eval()
+    run = common.Run(model, {}, {"normal": common.normal_sampler(128)}, None)
+    reference = torch.rand(n, 3, 32, 32)
+    features, _ = common.inception_outputs(net, reference.split(250))
+    mu, sigma = common.gaussian_stats(features)
+    ref = {"features": features, "mu": mu, "sigma": sigma, "root": common.psd_sqrt(sigma)}
+    args = eval_module.Args(num_samples=n)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    started = time.perf_counter()
+    batches = eval_module.generated(dae, run, "normal", n, args, None)
+    scores = eval_module.score(net, batches, math.ceil(n / args.batch_size), ref, "column")
+    sync()
+    column_s = time.perf_counter() - started
+    print(f"\n| eval.py, one column, {device} ({weights} Inception) | samples | seconds |\n"
+          f"|---|---|---|\n| sample + decode + Inception + FID, IS, P/R | {n} | {column_s:.1f} |")
+    result = {"samples": n, "column_seconds": column_s, "fid": scores["fid"]}
+    if not small:  # the Frechet distance alone, ours against scipy's sqrtm (15 s on 2 cores)
+        timed = {}
+        for name, frechet in (("ours", common.frechet_distance),
+                              ("scipy", lambda *a: calculate_frechet_distance(
+                                  *(t.numpy() for t in a)))):
+            started = time.perf_counter()
+            value = frechet(mu, sigma, mu + 0.01, sigma)
+            timed[name] = time.perf_counter() - started
+            print(f"| Frechet distance alone, {name}, 2048-d | | {timed[name]:.2f} ({value:.4f}) |")
+        result.update(frechet_ours_seconds=timed["ours"], frechet_scipy_seconds=timed["scipy"])
+    return result
+
+
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--section", default="all", choices=("all", "train", "eval"))
-    parser.add_argument("--method", default="dae", choices=("dae", "deciphering"),
-                        help="whose training step: dae.py's (--section train) or deciphering.py's")
-    parser.add_argument("--batches", type=int, nargs="+", default=[32, 256],
-                        help="batch sizes of the deciphering step")
-    parser.add_argument("--images", type=int, default=0,
-                        help="images for the Inception throughput (0: 200 CPU, 5000 GPU)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (0: 5 CPU, 50 GPU)")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--one", nargs=2, type=int, metavar=("FILTERS", "BATCH"),
-                        help=argparse.SUPPRESS)  # internal: one configuration, JSON out
-    args = parser.parse_args()
-    if args.one:
-        import torch
-
-        steps = args.steps or (50 if torch.cuda.is_available() and args.device != "cpu" else 5)
-        print(json.dumps(measure(*args.one, args.device, steps, args.compile)))
-        return
-    if args.method == "deciphering":
-        import torch
-
-        gpu = torch.cuda.is_available() and args.device != "cpu"
-        deciphering_section(args.device, args.batches, args.steps or (20 if gpu else 2),
-                            args.compile)
-        return
+    parser.add_argument("--small", action="store_true", help="small configurations")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--section", default="all", choices=("all", "train", "eval"))
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (0: 20 GPU, 2 CPU)")
+    parser.add_argument("--warmup", type=int, default=-1, help="untimed steps (-1: 5 GPU, 1 CPU)")
+    parser.add_argument("--compile", action="store_true", help="also a torch.compile row")
+    parser.add_argument("--eval-samples", type=int, default=0,
+                        help="samples of the eval.py column (0: 10,000; 200 with --small)")
+    parser.add_argument("--json", default="", help="write every row here")
+    args = parser.parse_args(argv)
+    device = common.pick_device(args.device)
+    gpu = device.type == "cuda"
+    steps, warmup = args.steps or (20 if gpu else 2), args.warmup if args.warmup >= 0 else (
+        5 if gpu else 1)
+    name = torch.cuda.get_device_name(device) if gpu else "CPU"
+    print(f"{name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
+          f"{'small' if args.small else 'paper'} configurations")
+    result = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     if args.section in ("all", "train"):
-        train_section(args)
+        result["train"] = train_section(device, args.methods, args.small, steps, warmup,
+                                        args.compile)
     if args.section in ("all", "eval"):
-        import torch
-
-        gpu = torch.cuda.is_available() and args.device != "cpu"
-        eval_section(args.device, args.images or (5000 if gpu else 200))
-
-
-def train_section(args):
-    print("| config | device | params | images/s | peak memory |\n|---|---|---|---|---|")
-    for name, filters, batch in CONFIGS:
-        command = [sys.executable, __file__, "--one", str(filters), str(batch),
-                   "--device", args.device, "--steps", str(args.steps)]
-        output = subprocess.run(command + (["--compile"] if args.compile else []),
-                                capture_output=True, text=True, check=True).stdout
-        r = json.loads(output.strip().splitlines()[-1])
-        print(f"| {name} | {r['device']} (torch {r['torch']}) | {r['params_m']:.1f}M | "
-              f"{r['images_per_sec']:.0f} | {r['peak_mb']:.0f} MiB |")
+        result["eval"] = eval_section(device, args.small,
+                                      args.eval_samples or (200 if args.small else 10_000))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Shared test set-up: the repository on sys.path, no network, a helper to run a script."""
+"""Shared test set-up: the repository on sys.path, no network, helpers that train and run
+the command line in this process, a `slow` marker, and a check that the suite leaves the
+checkout as it found it.
+
+`python -m pytest -q` runs everything but the tests marked slow; `python -m pytest -m slow`
+runs those (more torchrun launches, killed runs, every method under two processes)."""
 import importlib.util
 import os
 import subprocess
@@ -15,6 +20,42 @@ sys.path.insert(0, str(ROOT))
 # Block the network in this process too (the same file guards the subprocesses).
 _spec = importlib.util.spec_from_file_location("offline_guard", OFFLINE / "sitecustomize.py")
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: left out of the default run; pytest -m slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.option.markexpr:  # -m given: pytest selects by it
+        return
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
+
+
+def _checkout_state():
+    """Every file git would report, ignored ones included, but Python's own caches."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None  # not a git checkout
+    return sorted(line for line in out.stdout.splitlines()
+                  if "__pycache__" not in line and ".pytest_cache" not in line)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """Tests write only under their temporary folders, never into the repository."""
+    before = _checkout_state()
+    yield
+    after = _checkout_state()
+    if before is not None and after is not None:
+        assert after == before, f"the tests wrote into the checkout: {set(after) - set(before)}"
 
 
 def script_env() -> dict:
@@ -43,12 +84,43 @@ def torch_home(tmp_path_factory):
     return home
 
 
+@pytest.fixture
+def weights(torch_home, monkeypatch):
+    """The random pretrained weights of `torch_home`, for code run in this process."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    return torch_home
+
+
 def run_with_weights(torch_home, *argv):
     """A script as a subprocess, with the random network weights of `torch_home`."""
     with mock.patch.dict("os.environ", {"TORCH_HOME": str(torch_home)}):
         return run_script(*argv)
 
 
-def run_eval(torch_home, *argv):
-    """eval.py as a subprocess, with the random Inception weights of `torch_home`."""
-    return run_with_weights(torch_home, "eval.py", *argv)
+def train(module, tmp_path, **settings):
+    """A run of a method file's own train(), in this process, on the CPU, writing only under
+    tmp_path; `settings` are its Args fields (as if typed). Returns what train returns."""
+    args = module.Args(**{"device": "cpu", "out_dir": str(tmp_path / "runs"),
+                          "data_root": str(tmp_path / "data"), **settings})
+    return module.train(args, set(settings))
+
+
+def cli_error(module, argv, capsys) -> str:
+    """A method file's command line (common.cli) run in this process with `argv`: asserts it
+    exits non-zero without a traceback and returns its last line of stderr."""
+    import common
+
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", [f"{module.__name__}.py", *map(str, argv)]):
+        with pytest.raises(SystemExit) as stop:
+            common.cli(module.main, module.Args, module.__doc__)
+    err = capsys.readouterr().err
+    assert stop.value.code not in (0, None), err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def log_records(folder):
+    import json
+
+    return [json.loads(line) for line in (Path(folder) / "log.jsonl").read_text().splitlines()]

@@ -1,112 +1,125 @@
-"""The Tolstikhin / Ghosh backbone of common.py: shapes and every option."""
+"""The Tolstikhin / Ghosh backbone of common.py: shapes, layout, TensorFlow 'same' padding
+against its definition, Keras' constants, and the spectral norm's matrix layout."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import common
 
 
-def convs(module, kind):
+def layers(module, kind):
     return [m for m in module.modules() if isinstance(m, kind)]
 
 
 @pytest.mark.parametrize("channels, size", [(1, 32), (3, 32), (3, 64)])
 @pytest.mark.parametrize("depth", [1, [2], [3, 3, 2, 1]])
 def test_shapes(channels, size, depth):
-    encoder = common.Encoder(channels, size, filters=4, depth=depth, latent_dim=6)
+    encoder = common.Encoder(channels, size, filters=4, depth=depth)
     decoder = common.Decoder(channels, size, filters=4, depth=depth, latent_dim=6)
-    z = encoder(torch.rand(3, channels, size, size))
-    assert z.shape == (3, 6)
-    assert decoder(z).shape == (3, channels, size, size)
+    features = encoder(torch.rand(3, channels, size, size))
+    assert features.shape == (3, encoder.out_features) == (3, 32 * (size // 16) ** 2)
+    assert decoder(torch.randn(3, 6)).shape == (3, channels, size, size)
 
 
 def test_layer_layout():
+    """Encoder stages f, 2f, 4f, 8f (strided conv last); decoder Linear to 8x8x8f, strided
+    transposed convs 4f, 2f taking encoder stages 3 and 2's depths, a stride-1 output layer."""
     depth = [3, 3, 2, 1]
-    encoder = common.Encoder(3, 32, filters=4, depth=depth, latent_dim=6)
-    strided = [c for c in convs(encoder, nn.Conv2d) if c.stride == (2, 2)]
-    assert [c.out_channels for c in strided] == [4, 8, 16, 32]  # f, 2f, 4f, 8f
-    assert len(convs(encoder, nn.Conv2d)) == sum(depth)
-    assert all(c.kernel_size == (4, 4) for c in convs(encoder, nn.Conv2d))
-    assert encoder.to_latent.in_features == 32 * 2 * 2
+    encoder = common.Encoder(3, 32, filters=4, depth=depth)
+    convs = layers(encoder, nn.Conv2d)
+    assert [c.out_channels for c in convs if c.stride == (2, 2)] == [4, 8, 16, 32]
+    assert len(convs) == sum(depth) and all(c.kernel_size == (4, 4) for c in convs)
     decoder = common.Decoder(3, 32, filters=4, depth=depth, latent_dim=6)
-    assert decoder.from_latent.out_features == 8 * 8 * 32  # 8x8x8f
-    assert [c.out_channels for c in convs(decoder, nn.ConvTranspose2d)] == [16, 8]  # 4f, 2f
-    # Decoder stages 4f, 2f take the depths of encoder stages 3 and 2 (2 and 3).
-    assert len(convs(decoder, nn.Conv2d)) == (2 - 1) + (3 - 1) + 1  # + output layer
+    assert decoder.from_latent.out_features == 8 * 8 * 32
+    transposed = layers(decoder, nn.ConvTranspose2d)
+    assert [(c.out_channels, c.stride) for c in transposed] == [(16, (2, 2)), (8, (2, 2)),
+                                                                (3, (1, 1))]
+    assert len(layers(decoder, nn.Conv2d)) == (2 - 1) + (3 - 1)  # stride-1 convs of stages
     big = common.Decoder(3, 64, filters=4, latent_dim=6)
-    assert [c.out_channels for c in convs(big, nn.ConvTranspose2d)] == [16, 8, 4]
-    assert all(c.kernel_size == (5, 5) for c in convs(big, nn.ConvTranspose2d))
+    assert [c.out_channels for c in layers(big, nn.ConvTranspose2d)] == [16, 8, 4, 3]
+    assert all(c.kernel_size == (5, 5) for c in layers(big, nn.ConvTranspose2d))
+
+
+def tf_padding(side, kernel, stride):
+    """TensorFlow's 'same' rule, as its documentation states it."""
+    out = math.ceil(side / stride)
+    total = max((out - 1) * stride + kernel - side, 0)
+    return total // 2, total - total // 2
+
+
+@pytest.mark.parametrize("kernel, stride", [(4, 2), (5, 2), (4, 1), (5, 1)])
+def test_same_conv_pads_as_tensorflow(kernel, stride):
+    torch.manual_seed(0)
+    conv = common.SameConv(2, 3, kernel, stride)
+    x = torch.randn(2, 2, 16, 16)
+    before, after = tf_padding(16, kernel, stride)
+    expected = F.conv2d(F.pad(x, (before, after, before, after)), conv[1].weight, conv[1].bias,
+                        stride=stride)
+    assert conv(x).shape == (2, 3, 16 // stride, 16 // stride)
+    torch.testing.assert_close(conv(x), expected)
+
+
+@pytest.mark.parametrize("kernel, stride", [(4, 2), (5, 2), (4, 1), (5, 1)])
+def test_same_transposed_conv_is_the_adjoint_of_the_same_conv(kernel, stride):
+    """TensorFlow's conv2d_transpose with 'same' padding is the gradient of conv2d with
+    'same' padding: <conv(x), y> = <x, convT(y)> for every x, y with shared kernels."""
+    torch.manual_seed(1)
+    conv = common.SameConv(3, 2, kernel, stride)
+    transposed = common.SameConvTranspose(2, 3, kernel, stride, )
+    transposed.bias.data.zero_()
+    transposed.weight.data.copy_(conv[1].weight.data)  # [2, 3, k, k]: conv 3->2, convT 2->3
+    conv[1].bias.data.zero_()
+    x = torch.randn(1, 3, 16, 16, requires_grad=True)
+    y = torch.randn(1, 2, 16 // stride, 16 // stride)
+    (grad,) = torch.autograd.grad((conv(x) * y).sum(), x)
+    assert transposed(y).shape == x.shape
+    torch.testing.assert_close(transposed(y), grad, rtol=1e-5, atol=1e-5)
+
+
+def test_keras_constants():
+    """Glorot-uniform kernels, zero biases, batch-norm momentum 0.99 (PyTorch 0.01), eps 1e-3."""
+    torch.manual_seed(0)
+    decoder = common.Decoder(3, 32, filters=8, latent_dim=6)
+    for bn in layers(decoder, nn.BatchNorm2d):
+        assert (bn.momentum, bn.eps) == (0.01, 1e-3)
+    linear = decoder.from_latent  # Glorot: U(-a, a), a = sqrt(6 / (fan_in + fan_out))
+    bound = math.sqrt(6 / (6 + 8 * 8 * 64))
+    assert linear.weight.abs().max() <= bound and linear.weight.abs().max() > 0.95 * bound
+    assert torch.all(linear.bias == 0)
+
+
+def keras_matrix(layer):
+    """The matrix Keras' DenseSN / ConvSN2D / ConvSN2DTranspose normalise: its kernel
+    (k, k, in, out) for a conv, (k, k, out, in) for a transposed conv, (in, out) dense,
+    reshaped to [-1, last axis]."""
+    w = layer.weight.detach()
+    if isinstance(layer, nn.Linear):
+        return w.T  # Keras kernel (in, out)
+    return w.permute(2, 3, 1, 0).reshape(-1, w.shape[0])  # (k, k, in|out, out|in) -> [-1, .]
+
+
+def test_spectral_norm_normalises_the_keras_matrix():
+    torch.manual_seed(0)
+    decoder = common.Decoder(3, 32, filters=4, latent_dim=6)
+    encoder = common.Encoder(3, 32, filters=4)
+    common.spectral_norm(decoder, encoder)
+    decoder.train(), encoder.train()
+    for _ in range(40):  # one power iteration per training forward pass
+        decoder(torch.randn(4, 6))
+        encoder(torch.rand(4, 3, 32, 32))
+    normalised = [m for m in [*decoder.modules(), *encoder.modules()]
+                  if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    assert len(normalised) == 1 + 3 + 4
+    for layer in normalised:
+        sigma = torch.linalg.matrix_norm(keras_matrix(layer), 2).item()
+        assert sigma == pytest.approx(1.0, abs=0.03), layer
 
 
 def test_bad_depth_or_size():
     with pytest.raises(common.UserError, match="--depth"):
-        common.Encoder(3, 32, filters=4, depth=[1, 2], latent_dim=6)
+        common.Encoder(3, 32, filters=4, depth=[1, 2])
     with pytest.raises(common.UserError, match="multiple of 16"):
-        common.Encoder(3, 40, filters=4, latent_dim=6)
-
-
-def test_batch_norm_latent():
-    encoder = common.Encoder(3, 32, filters=4, latent_dim=6, latent_norm="bn-noaffine").train()
-    z = encoder(torch.rand(64, 3, 32, 32))
-    assert torch.allclose(z.mean(0), torch.zeros(6), atol=1e-5)
-    assert torch.allclose(z.var(0, unbiased=False), torch.ones(6), atol=1e-2)  # eps 1e-3
-    assert not any(True for _ in encoder.latent_norm.parameters())
-    affine = common.Encoder(3, 32, filters=4, latent_dim=6, latent_norm="bn")
-    assert sum(p.numel() for p in affine.latent_norm.parameters()) == 12  # gamma, beta
-
-
-def test_layer_norm_latent():
-    encoder = common.Encoder(3, 32, filters=4, latent_dim=6, latent_norm="ln")
-    z = encoder(torch.rand(5, 3, 32, 32))
-    assert torch.allclose(z.mean(1), torch.zeros(5), atol=1e-5)
-
-
-def largest_singular_value(layer):
-    return torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2).item()
-
-
-def test_spectral_norm_latent_layer():
-    encoder = common.Encoder(3, 32, filters=4, latent_dim=6, latent_norm="sn").train()
-    for _ in range(30):  # each training forward pass runs one power iteration
-        encoder(torch.rand(2, 3, 32, 32))
-    assert abs(largest_singular_value(encoder.to_latent) - 1) < 0.05
-    assert not any(nn.utils.parametrize.is_parametrized(c) for c in convs(encoder, nn.Conv2d))
-
-
-@pytest.mark.parametrize("where, in_encoder", [("decoder", False), ("all", True)])
-def test_spectral_norm_on_layers(where, in_encoder):
-    encoder = common.Encoder(3, 32, filters=4, latent_dim=6, spectral_norm=where)
-    decoder = common.Decoder(3, 32, filters=4, latent_dim=6, spectral_norm=where)
-    layers = convs(decoder, nn.Conv2d) + convs(decoder, nn.ConvTranspose2d) + [decoder.from_latent]
-    assert all(nn.utils.parametrize.is_parametrized(m) for m in layers)
-    assert nn.utils.parametrize.is_parametrized(convs(encoder, nn.Conv2d)[0]) == in_encoder
-    decoder.train()
-    for _ in range(30):
-        decoder(torch.randn(2, 6))
-    assert abs(largest_singular_value(decoder.from_latent) - 1) < 0.05
-
-
-def test_decoder_noise_only_in_training():
-    decoder = common.Decoder(3, 32, filters=4, latent_dim=6, noise_std=0.5)
-    z = torch.randn(2, 6)
-    decoder.eval()
-    assert torch.equal(decoder(z), decoder(z))
-    decoder.train()
-    torch.manual_seed(0)
-    a = decoder(z)
-    torch.manual_seed(0)
-    noisy = z + 0.5 * torch.randn_like(z)
-    quiet = common.Decoder(3, 32, filters=4, latent_dim=6).train()
-    quiet.load_state_dict(decoder.state_dict())
-    assert torch.allclose(a, quiet(noisy), atol=1e-6)  # exactly z + 0.5 * eps was decoded
-
-
-def test_frozen_latent_layer_stays_put():
-    encoder = common.Encoder(3, 32, filters=4, latent_dim=6, freeze_latent=True)
-    before = [p.clone() for p in encoder.to_latent.parameters()]
-    first_conv = convs(encoder, nn.Conv2d)[0].weight.clone()
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=0.1)
-    encoder(torch.rand(4, 3, 32, 32)).square().sum().backward()
-    optimizer.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, encoder.to_latent.parameters()))
-    assert not torch.equal(first_conv, convs(encoder, nn.Conv2d)[0].weight)
+        common.Encoder(3, 40, filters=4)

@@ -1,7 +1,8 @@
 """deciphering.py: patterns, clustering, shift, schedules, EMA, LPIPS offline, and the two
 training phases end to end with eval.py."""
-import json
 import math
+import os
+from unittest import mock
 
 import pytest
 import torch
@@ -10,11 +11,10 @@ from PIL import Image
 
 import common
 import deciphering as D
-from conftest import run_eval, run_with_weights
+from conftest import cli_error, log_records, train
 
-TINY = ["--dataset", "fake", "--widths", "16", "32", "64", "128", "--active", "1", "2", "4",
-        "--clusters", "4", "--latent-dim", "16", "--batch-size", "32", "--lpips-size", "64",
-        "--device", "cpu"]
+TINY = dict(dataset="fake", widths=[16, 32, 64, 128], active=[1, 2, 4], clusters=4, latent_dim=16,
+            batch_size=32)
 
 
 def tiny_args(**changes):
@@ -178,12 +178,16 @@ def test_sampling_with_batch_statistics_leaves_running_statistics_alone():
         D.sample(run, 1, "gmm")
 
 
-def test_lpips_offline_on_random_weights(torch_home, monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+def test_lpips_reads_images_in_minus_one_to_one(weights, monkeypatch, tmp_path):
+    """d of Eq. (2) is LPIPS on images in [-1, 1]: it equals the lpips package's own scaling
+    of the same images given in [0, 1] (normalize=True); it is 0 for equal images, reaches
+    the decoder's output only, and a missing AlexNet file is a one-line error."""
     net = D.load_lpips("cpu")
-    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    expected = net((x + 1) / 2, (y + 1) / 2, normalize=True).mean()
+    assert D.lpips_loss(net, x, y, 32).item() == pytest.approx(expected.item(), rel=1e-5)
     assert D.lpips_loss(net, x, x, 64).item() == pytest.approx(0, abs=1e-6)
-    assert D.lpips_loss(net, x, y, 64).item() > 0
     grey = x[:, :1].requires_grad_()
     D.lpips_loss(net, grey, y[:, :1], 64).backward()
     assert grey.grad is not None and all(p.grad is None for p in net.parameters())
@@ -192,50 +196,74 @@ def test_lpips_offline_on_random_weights(torch_home, monkeypatch, tmp_path):
         D.load_lpips("cpu")
 
 
-def test_two_phases_end_to_end_then_eval(torch_home, tmp_path):
-    result = run_with_weights(torch_home, "deciphering.py", *TINY, "--epochs", "3",
-                              "--save-every", "2", "--out-dir", tmp_path / "one")
-    assert result.returncode == 0, result.stderr
-    assert "5,042,343,936" in result.stdout  # C(16,1) C(32,2) C(64,4)
-    (phase_one,) = (tmp_path / "one").iterdir()
-    log = [json.loads(line) for line in (phase_one / "log.jsonl").read_text().splitlines()]
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_training_batch(epoch):
+    """Eq. (2)'s pieces for a batch: the target is T(x_i, r_i) in [-1, 1] (flipped on odd
+    epochs, with the stage-3 pattern reversed), the MLP reads 50 + 50 r / R, the encoder
+    reads N(0, I) noise."""
+    args = tiny_args(max_shift=4)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    images[0, :, 0, 0], images[0, :, 0, 1] = 0, 255
+    patterns = D.make_patterns(torch.arange(6) % 4, args)
+    torch.manual_seed(1)
+    noise, masks, position, target = D.training_batch(images, patterns, args, epoch)
+    torch.manual_seed(1)
+    shifts = torch.randint(-4, 5, (6,))
+    x = images.double() / 127.5 - 1
+    if epoch == 1:
+        x = x.flip(3)
+    for image, r, got in zip(x, shifts.tolist(), target):
+        torch.testing.assert_close(got.double(), reference_shift(image, r))
+    assert target.min() >= -1 and target.max() <= 1 and x[0].min() == -1 and x[0].max() == 1
+    torch.testing.assert_close(position, 50 + 50 * shifts.float() / 4)
+    expected = D.flip_patterns(patterns, args) if epoch == 1 else patterns
+    for mask, exact in zip(masks, D.masks_of(expected, args)):
+        assert torch.equal(mask, exact)
+    assert noise.shape == (6, 3, 32, 32) and abs(noise.std().item() - 1) < 0.05
+
+
+@pytest.fixture(scope="module")
+def phase_one(tmp_path_factory, torch_home):
+    tmp = tmp_path_factory.mktemp("deciphering")
+    with mock.patch.dict(os.environ, {"TORCH_HOME": str(torch_home)}):
+        folder = train(D, tmp, **TINY, epochs=3, save_every=2, lpips_size=64)
+    return folder
+
+
+def test_phase_one_learns_and_writes_its_run(phase_one, capsys):
+    log = log_records(phase_one)
     assert [r["epoch"] for r in log] == [1, 2, 3] and all(math.isfinite(r["lpips"]) for r in log)
-    assert [r["weight_decay"] for r in log] == [0.0, 0.08, 0.08]
+    assert log[-1]["lpips"] < log[0]["lpips"]  # the patterns are being deciphered
+    assert [r["weight_decay"] for r in log] == [0.0, 0.08, 0.08]  # int(0.4 * 3) = 1 epoch
     checkpoint = common.load_checkpoint(phase_one)
     assert checkpoint["epoch"] == 2 and checkpoint["patterns"].shape == (256, 7)
     for name in ("samples", "reconstructions"):
         with Image.open(phase_one / f"{name}.png") as grid:
             assert grid.size[0] == 8 * 33 + 1
 
-    result = run_with_weights(torch_home, "deciphering.py", "--finetune-from", phase_one,
-                              "--epochs", "1", "--lpips-size", "64", "--latent-dim", "99",
-                              "--out-dir", tmp_path / "two")
-    assert result.returncode == 0, result.stderr
-    assert "ignoring --latent-dim" in result.stdout
-    (phase_two,) = (tmp_path / "two").iterdir()
-    second = common.load_checkpoint(phase_two)
+
+def test_phase_two_keeps_the_model_and_patterns(phase_one, weights, tmp_path, capsys):
+    args = D.Args(finetune_from=str(phase_one), epochs=1, lpips_size=64, latent_dim=99,
+                  device="cpu", out_dir=str(tmp_path), data_root=str(tmp_path / "data"))
+    folder = D.train(args, {"finetune_from", "epochs", "lpips_size", "latent_dim", "device",
+                            "out_dir", "data_root"})
+    assert "ignoring --latent-dim" in capsys.readouterr().out
+    second, first = common.load_checkpoint(folder), common.load_checkpoint(phase_one)
     assert second["args"]["max_shift"] == 0 and second["args"]["latent_dim"] == 16
-    assert torch.equal(second["patterns"], checkpoint["patterns"])
-
-    result = run_eval(torch_home, phase_two, "--num-samples", "40", "--batch-size", "20")
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads((phase_two / "metrics.json").read_text())
-    assert set(metrics["columns"]) == {"uniform", "clusters", "running-bn"}
-    assert all(math.isfinite(c["fid"]) for c in metrics["columns"].values())
+    assert torch.equal(second["patterns"], first["patterns"])
+    run = D.load_run(folder)
+    assert set(run.samplers) == {"uniform", "clusters", "running-bn"}
+    images = D.sample(run, 5, "clusters", seed=0)
+    assert images.shape == (5, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(torch_home, tmp_path):
-    common_flags = [*TINY, "--save-every", "1", "--max-shift", "4"]
-    straight = run_with_weights(torch_home, "deciphering.py", *common_flags, "--epochs", "2",
-                                "--out-dir", tmp_path / "a")
-    first = run_with_weights(torch_home, "deciphering.py", *common_flags, "--epochs", "1",
-                             "--out-dir", tmp_path / "b")
-    assert straight.returncode == 0 and first.returncode == 0, straight.stderr + first.stderr
-    (run_b,) = (tmp_path / "b").iterdir()
-    resumed = run_with_weights(torch_home, "deciphering.py", "--resume", run_b, "--epochs", "2")
-    assert resumed.returncode == 0, resumed.stderr
-    (run_a,) = (tmp_path / "a").iterdir()
-    a, b = common.load_checkpoint(run_a), common.load_checkpoint(run_b)
+def test_resume_gives_the_weights_of_an_uninterrupted_run(weights, tmp_path):
+    flags = dict(**TINY, save_every=1, max_shift=4, lpips_size=32)
+    straight = train(D, tmp_path / "a", **flags, epochs=2)
+    interrupted = train(D, tmp_path / "b", **flags, epochs=1)
+    D.train(D.Args(resume=str(interrupted), epochs=2), {"resume", "epochs"})
+    a, b = common.load_checkpoint(straight), common.load_checkpoint(interrupted)
+    assert a["epoch"] == b["epoch"] == 1
     for key in ("model", "ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
 
@@ -247,12 +275,11 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(torch_home, tmp_path):
     (["--max-shift", "32"], ["--max-shift"]),
     (["--finetune-from", "nowhere"], ["nowhere", "checkpoint.pt"]),
 ])
-def test_bad_flags_are_one_line_errors(argv, words, torch_home, tmp_path):
+def test_bad_flags_are_one_line_errors(argv, words, weights, tmp_path, capsys):
     if "RUN_OF_ANOTHER_METHOD" in argv:
         common.atomic_save({"method": "dae", "args": {}}, tmp_path / common.CHECKPOINT)
         argv = [tmp_path if a == "RUN_OF_ANOTHER_METHOD" else a for a in argv]
-    result = run_with_weights(torch_home, "deciphering.py", *TINY, "--epochs", "1",
-                              "--out-dir", tmp_path, *argv)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and all(w in last for w in words), result.stderr
+    tiny = ["--dataset", "fake", "--widths", "16", "32", "64", "128", "--active", "1", "2",
+            "4", "--clusters", "4", "--latent-dim", "16", "--batch-size", "32", "--device", "cpu"]
+    last = cli_error(D, [*tiny, "--epochs", "1", "--out-dir", tmp_path, *argv], capsys)
+    assert last.startswith("error:") and all(w in last for w in words), last

@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 import common
-from conftest import run_eval, run_script
+import eval as eval_module
+from conftest import cli_error, train
+from fakes import write_random_inception
 
 
 @pytest.fixture
@@ -28,11 +30,14 @@ def test_frechet_distance_equals_pytorch_fid():
 
     g = torch.Generator().manual_seed(0)
     for d in (2, 16, 64):
-        mu1, mu2 = torch.randn(d, generator=g, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+        mu1 = torch.randn(d, generator=g, dtype=torch.float64)
+        mu2 = torch.zeros(d, dtype=torch.float64)
         s1, s2 = random_covariance(d, g), random_covariance(d, g)
         ours = common.frechet_distance(mu1, s1, mu2, s2)
         theirs = calculate_frechet_distance(mu1.numpy(), s1.numpy(), mu2.numpy(), s2.numpy())
         assert ours == pytest.approx(theirs, rel=1e-6)
+        with_root = common.frechet_distance(mu1, s1, mu2, s2, common.psd_sqrt(s1))
+        assert with_root == pytest.approx(theirs, rel=1e-6)
 
 
 def test_frechet_distance_closed_form_for_diagonal_gaussians():
@@ -97,73 +102,138 @@ def test_missing_inception_weights_offline(tmp_path, monkeypatch):
     assert common.INCEPTION_FILE in message and str(tmp_path / "hub" / "checkpoints") in message
 
 
+def test_precision_recall_equals_a_brute_force_count():
+    """Kynkaanniemi et al.: a fake point is covered when it lies within the distance from
+    some real point to that point's 3rd nearest other real point (and vice versa)."""
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(60, 3, generator=g), torch.randn(50, 3, generator=g) * 1.5 + 0.5
+
+    def coverage(points, centres):
+        d = np.linalg.norm(centres.numpy()[:, None] - centres.numpy()[None], axis=2)
+        radius = np.sort(d, axis=1)[:, 3]  # [0] is the point itself
+        to_centres = np.linalg.norm(points.numpy()[:, None] - centres.numpy()[None], axis=2)
+        return float(np.mean((to_centres <= radius[None]).any(1)))
+
+    precision, recall = common.precision_recall(real, fake, batch=16)
+    assert precision == pytest.approx(coverage(fake, real), abs=1e-9)
+    assert common.precision_recall(real[:3], fake) == (None, None)  # no 3rd neighbour
+    assert recall == pytest.approx(coverage(real, fake), abs=1e-9)
+
+
 @pytest.fixture(scope="module")
 def dae_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    result = run_script("dae.py", "--dataset", "digits", "--filters", "4", "--latent-dim", "4",
-                        "--epochs", "1", "--batch-size", "64", "--gmm-components", "2",
-                        "--data-root", out / "data", "--out-dir", out)
-    assert result.returncode == 0, result.stderr
-    return next(out.glob("dae-digits-*"))
+    import dae
+
+    tmp = tmp_path_factory.mktemp("runs")
+    return train(dae, tmp, dataset="digits", filters=4, latent_dim=4, epochs=1, batch_size=64,
+                 gmm_components=2)
 
 
-
-
-def test_eval_end_to_end(dae_run, torch_home, tmp_path):
-    result = run_eval(torch_home, dae_run, "--num-samples", "12", "--batch-size", "6",
-                      "--save-samples", tmp_path / "samples")
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads((dae_run / "metrics.json").read_text())
-    assert list(metrics["columns"]) == ["rec", "normal", "mvg", "gmm", "interp"]
+def test_eval_writes_the_table_and_metrics(dae_run, weights, tmp_path, capsys):
+    args = eval_module.Args(run=str(dae_run), num_samples=3, batch_size=2, device="cpu",
+                            samplers=["gmm"], save_samples=str(tmp_path / "samples"))
+    metrics = eval_module.evaluate(args)
+    out = capsys.readouterr().out
+    assert list(metrics["columns"]) == ["rec", "gmm", "interp"]
     for column in metrics["columns"].values():
-        assert column["n"] == 12 and np.isfinite(column["fid"]) and column["fid"] >= 0
-        assert 1.0 <= column["is_mean"] and 0 <= column["precision"] <= 1
+        assert column["n"] == 3 and np.isfinite(column["fid"]) and column["fid"] >= 0
+        assert 1.0 <= column["is_mean"] and column["precision"] is None  # 3 <= k samples
     assert metrics["smoke_test"] is True
-    lines = result.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("| |"))
-    assert re.sub(r"\s", "", header) == "||REC|N(0,I)|MVG|GMM|Interp|"
-    assert any(line.startswith("| FID |") for line in lines)
-    assert "smoke tests only" in result.stdout
-    assert len(list((tmp_path / "samples" / "gmm").glob("*.png"))) == 12
-    assert list((dae_run.parent / "data" / "fid-stats").glob("digits-test-*-n12.npz"))
+    assert json.loads((dae_run / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    header = next(line for line in out.splitlines() if line.startswith("| |"))
+    assert re.sub(r"\s", "", header) == "||REC|GMM|Interp|"
+    assert "smoke tests only" in out
+    assert len(list((tmp_path / "samples" / "gmm").glob("*.png"))) == 3
 
 
-def test_fid_of_two_folders_matches_pytorch_fid_features(inception, tmp_path, torch_home):
+def test_reference_statistics_are_those_of_the_reference_split(weights, tmp_path):
+    net = common.Inception()
+    run_args = {"dataset": "digits", "image_size": 0, "crop": 0}
+    for split in ("train", "test"):
+        ref = eval_module.reference(net, run_args, str(tmp_path), split, 5, 5)
+        images = common.load_images("digits", "", split)
+        chosen = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:5]]
+        features, _ = common.inception_outputs(net, [chosen.float() / 255])
+        torch.testing.assert_close(ref["features"].float(), features.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ref["mu"], features.mean(0))
+
+
+def test_reference_cache_is_never_read_with_other_weights_or_data(torch_home, tmp_path,
+                                                                  monkeypatch):
+    """The cached statistics carry the Inception weights' and the images' hashes: other
+    weights (here: another random draw) or other images compute afresh; the same read the
+    cache without running the network."""
+    other_home = tmp_path / "other_home"
+    write_random_inception(other_home, seed=1)
+    run_args = {"dataset": "digits", "image_size": 0, "crop": 0}
+    stats = {}
+    for name, home in (("a", torch_home), ("b", other_home)):
+        monkeypatch.setenv("TORCH_HOME", str(home))
+        stats[name] = eval_module.reference(common.Inception(), run_args, str(tmp_path), "test",
+                                            4, 4)
+    assert len(list((tmp_path / "fid-stats").glob("*.npz"))) == 2
+    assert not torch.allclose(stats["a"]["mu"], stats["b"]["mu"])
+    other_data = eval_module.reference(common.Inception(), run_args, str(tmp_path), "train", 4, 4)
+    assert len(list((tmp_path / "fid-stats").glob("*.npz"))) == 3
+    assert not torch.allclose(other_data["mu"], stats["b"]["mu"])
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the cache was not used")
+
+    monkeypatch.setattr(common, "inception_outputs", no_network)
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    again = eval_module.reference(common.Inception(), run_args, str(tmp_path), "test", 4, 4)
+    torch.testing.assert_close(again["mu"], stats["a"]["mu"])
+
+
+class _Halves:
+    """A stand-in method whose codes are the images' mean brightness and whose decoder
+    paints that value: decode(encode) is then easy to follow."""
+
+    @staticmethod
+    def encode(run, x):
+        return x.mean((1, 2, 3))[:, None]
+
+    @staticmethod
+    def decode(run, z):
+        return z[:, :, None, None].expand(-1, 1, 2, 2)
+
+
+def test_interp_decodes_the_midpoints_of_random_test_pairs():
+    test = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 1, 2, 2) * 20
+    args = eval_module.Args(batch_size=3, seed=4)
+    images = torch.cat(list(eval_module.interpolated(_Halves, None, test, 7, args)))
+    pairs = torch.randint(10, (7, 2), generator=torch.Generator().manual_seed(4))
+    expected = (pairs[:, 0] + pairs[:, 1]).float() * 20 / 255 / 2
+    torch.testing.assert_close(images[:, 0, 0, 0], expected)
+
+
+def test_fid_of_two_folders_matches_pytorch_fid_features(inception, tmp_path, capsys):
     from pytorch_fid.fid_score import get_activations
     from pytorch_fid.inception import InceptionV3
 
-    images = common.load_images("fake", "", "train")[:16]
-    a = write_pngs(tmp_path / "a", images[:8])
-    b = write_pngs(tmp_path / "b", images[8:])
+    images = common.load_images("fake", "", "train")[:8]
+    a = write_pngs(tmp_path / "a", images[:4])
+    b = write_pngs(tmp_path / "b", images[4:])
     net = InceptionV3([3])
     stats = [(torch.from_numpy(f.mean(0)), torch.from_numpy(np.cov(f, rowvar=False)))
-             for f in (get_activations(files, net, 4, num_workers=0) for files in (a, b))]
+             for f in (get_activations(files, net, 2, num_workers=0) for files in (a, b))]
     expected = common.frechet_distance(*stats[0], *stats[1])
-    result = run_eval(torch_home, "--fid", tmp_path / "a", tmp_path / "b", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    assert float(result.stdout.split("FID:")[1]) == pytest.approx(expected, rel=1e-4)
-    same = run_eval(torch_home, "--fid", tmp_path / "a", tmp_path / "a")
-    # Zero up to the rounding that sqrt amplifies on a rank-7 covariance in 2048-d.
-    assert abs(float(same.stdout.split("FID:")[1])) < 1e-4 * stats[0][1].trace().item()
+    eval_module.main(eval_module.Args(fid=[str(tmp_path / "a"), str(tmp_path / "b")],
+                                      device="cpu"), set())
+    assert float(capsys.readouterr().out.split("FID:")[1]) == pytest.approx(expected, rel=1e-4)
 
 
-def assert_one_line_error(result, *words):
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert "error:" in last, result.stderr
-    for word in words:
-        assert word in last, result.stderr
+def test_bad_input(dae_run, weights, tmp_path, capsys):
+    def error(*argv):
+        return cli_error(eval_module, argv, capsys)
 
-
-def test_bad_input(dae_run, torch_home, tmp_path):
-    assert_one_line_error(run_eval(torch_home, tmp_path), "no checkpoint.pt")
+    assert "no checkpoint.pt" in error(tmp_path)
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
-    assert_one_line_error(run_eval(torch_home, tmp_path), "could not be read")
-    assert_one_line_error(run_eval(torch_home, dae_run, "--samplers", "lde", "--num-samples", "4"),
-                          "no sampler lde", "gmm")
-    assert_one_line_error(run_eval(torch_home, dae_run, "--num-samples", "1"),
-                          "--num-samples", "at least 2")
-    assert_one_line_error(run_eval(tmp_path / "empty_home", dae_run, "--num-samples", "4"),
-                          common.INCEPTION_FILE, str(tmp_path / "empty_home" / "hub"))
-    assert_one_line_error(run_eval(torch_home, "--fid", tmp_path), "two folders")
-    assert_one_line_error(run_eval(torch_home), "give a run folder")
+    assert "could not be read" in error(tmp_path)
+    last = error(dae_run, "--samplers", "lde", "--num-samples", "4")
+    assert "no sampler lde" in last and "gmm" in last
+    last = error(dae_run, "--num-samples", "1")
+    assert "--num-samples" in last and "at least 2" in last
+    assert "two folders" in error("--fid", tmp_path)
+    assert "give a run folder" in error()

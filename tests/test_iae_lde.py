@@ -1,7 +1,8 @@
 """iae_lde.py: the LDE's causality and likelihood, the incremental code, the perceptual
 loss, the Parzen estimate, and both stages end to end with eval.py."""
-import json
 import math
+import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from scipy import stats
 
 import common
 import iae_lde as I
-from conftest import run_eval, run_script, run_with_weights
+from conftest import cli_error, log_records, train
 
 
 def lde_with_large_weights(d: int, components: int = 4, seed: int = 0) -> I.LDE:
@@ -139,28 +140,41 @@ def test_active_dims_schedule():
 
 
 def test_masked_dims_reach_the_decoder_as_zeros():
+    """Sec. 3.4: with a_t = 2 active dimensions the decoder reads (z_1, z_2, 0, .., 0), in
+    training and in eval mode alike; with all d active it reads the encoder's code, which is
+    what the samplers, eval.py and the grids encode with."""
     model = I.IAE(I.Args(filters=8, latent_dim=6), 3, 32)
     seen = []
     model.decoder.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
-    logits, z = model(torch.rand(4, 3, 32, 32), active=2)
-    assert logits.shape == (4, 3, 32, 32)
-    assert torch.equal(seen[0], z)
-    assert torch.all(z[:, 2:] == 0) and torch.all(z[:, :2] != 0)
-    assert torch.all(model.encoder(torch.rand(4, 3, 32, 32)) != 0)  # no mask outside training
+    x = torch.rand(4, 3, 32, 32)
+    for mode in (model.train, model.eval):
+        mode()
+        code = model.encoder(x)
+        logits, z = model(x, active=2)
+        assert logits.shape == (4, 3, 32, 32) and torch.equal(seen[-1], z)
+        assert torch.all(z[:, 2:] == 0) and torch.equal(z[:, :2], code[:, :2])
+    run = common.Run(model.eval(), {}, {}, None)
+    _, full = model(x, active=6)
+    assert torch.equal(I.encode(run, x), full) and torch.all(full != 0)
 
 
-@pytest.mark.parametrize("size, channels", [(28, 1), (32, 3), (48, 1), (64, 3)])
-def test_autoencoder_sized_from_the_image(size, channels):
-    """A 1x1 code and no fully connected layer at every official image size; the decoder's
-    logits are the official tanh output mapped to [0, 1]."""
-    model = I.IAE(I.Args(filters=8, latent_dim=5), channels, size).eval()
-    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
-    x = torch.rand(2, channels, size, size)
-    z = model.encoder(x)
-    assert z.shape == (2, 5)
+def test_decoder_output_is_the_official_tanh_image():
+    """The official decoder ends in tanh(y), y its last transposed conv's output, on images
+    in [-1, 1]: decode gives (tanh(y) + 1) / 2 in [0, 1] and Eq. (5)'s MSE compares tanh(y)
+    with 2x - 1."""
+    torch.manual_seed(0)
+    model = I.IAE(I.Args(filters=8, latent_dim=6), 3, 32).eval()
+    last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    outputs = []
+    last.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    z = torch.randn(5, 6) * 3
+    images = I.decode(common.Run(model, {}, {}, None), z)
+    y = outputs[-1]
+    torch.testing.assert_close(images, (torch.tanh(y) + 1) / 2)
+    x = torch.rand(5, 3, 32, 32)
     logits = model.decoder(z)
-    assert logits.shape == x.shape
-    torch.testing.assert_close(torch.sigmoid(logits), (torch.tanh(logits / 2) + 1) / 2)
+    mse = (torch.tanh(outputs[-1]) - (2 * x - 1)).square().mean()
+    assert I.autoencoder_loss(logits, x, None, 0.0).item() == pytest.approx(mse.item(), rel=1e-5)
 
 
 def test_image_size_that_does_not_halve_is_an_error():
@@ -168,21 +182,35 @@ def test_image_size_that_does_not_halve_is_an_error():
         I.IAE(I.Args(filters=8, latent_dim=5), 3, 36)
 
 
-def test_perceptual_loss(torch_home, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+def test_perceptual_loss_is_half_the_summed_mse_of_three_vgg19_layers(weights):
+    """Eq. (5)'s L_Perc [C]: 0.5 * sum of the MSEs of relu1_1, relu2_1 and conv3_1 (before
+    its ReLU) of torchvision's VGG19 loaded from the same file, on ImageNet-normalised
+    images in [0, 1]; no gradient reaches VGG19; grey images go in as RGB."""
+    import torchvision
+
     perceptual = I.Perceptual()
-    weights_file = torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
-    stored = torch.load(weights_file, weights_only=True)
-    assert torch.equal(perceptual.slices[2][-1].weight, stored["features.10.weight"])  # conv3_1
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    assert perceptual(x, x).item() == 0
-    output = (x + 0.2 * torch.randn_like(x)).requires_grad_()
+    vgg = torchvision.models.vgg19()
+    stored = torch.load(weights / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth", weights_only=True)
+    vgg.features.load_state_dict({k[len("features."):]: v for k, v in stored.items()})
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def layers(images):  # images in [-1, 1] -> features 1 (relu1_1), 6 (relu2_1), 10 (conv3_1)
+        h = ((images + 1) / 2 - mean) / std
+        return [vgg.features[:2](h), vgg.features[:7](h), vgg.features[:11](h)]
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    output = (x + 0.3 * torch.randn(2, 3, 32, 32, generator=g)).requires_grad_()
+    expected = 0.5 * sum(((a - b) ** 2).mean() for a, b in zip(layers(output), layers(x)))
     loss = perceptual(output, x)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     loss.backward()
-    assert loss.item() > 0 and output.grad.abs().sum() > 0
+    assert output.grad.abs().sum() > 0
     assert all(not p.requires_grad and p.grad is None for p in perceptual.parameters())
-    grey = torch.rand(2, 1, 32, 32)
-    assert perceptual(grey, grey).item() == 0  # grey images go in as RGB
+    grey = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert perceptual(grey, grey * 0.5).item() == pytest.approx(
+        perceptual(grey.expand(-1, 3, -1, -1), grey.expand(-1, 3, -1, -1) * 0.5).item())
 
 
 def test_perceptual_weights_missing_offline(tmp_path, monkeypatch):
@@ -211,20 +239,24 @@ def test_parzen_of_a_gaussian_matches_its_closed_form():
     assert np.abs(got - expected).max() < 0.06 and abs(got.mean() - expected.mean()) < 0.01
 
 
-TINY = ["--filters", "8", "--latent-dim", "6", "--warmup-epochs", "1", "--epochs", "2",
-        "--batch-size", "32", "--components", "4", "--lde-epochs", "2", "--lde-batch-size", "32",
-        "--gmm-components", "2", "--device", "cpu"]
+TINY = dict(filters=8, latent_dim=6, warmup_epochs=1, epochs=2, batch_size=32, components=4,
+            lde_epochs=3, lde_batch_size=32, gmm_components=2, device="cpu")
 
 
-def log_records(folder):
-    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+@pytest.fixture(scope="module")
+def two_stage_run(tmp_path_factory, torch_home):
+    """Both stages in this process, as `python iae_lde.py --dataset fake ...` runs them, with
+    the perceptual loss (0.1, CIFAR's) on random VGG19 weights."""
+    tmp = tmp_path_factory.mktemp("iae")
+    args = I.Args(dataset="fake", out_dir=str(tmp), data_root=str(tmp / "data"), **TINY)
+    with mock.patch.dict(os.environ, {"TORCH_HOME": str(torch_home)}):
+        I.main(args, set(TINY) | {"dataset", "out_dir", "data_root"})
+    (run,) = tmp.glob("iae_lde-fake-*")
+    return run
 
 
-def test_both_stages_then_eval_and_parzen(tmp_path, torch_home):
-    result = run_with_weights(torch_home, "iae_lde.py", "--dataset", "fake", *TINY,
-                              "--out-dir", tmp_path)  # perceptual loss 0.1 on random VGG19
-    assert result.returncode == 0, result.stderr
-    (run,) = tmp_path.iterdir()
+def test_both_stages_learn_and_store_every_sampler(two_stage_run):
+    run = two_stage_run
     for name in ("samples_lde.png", "samples_gmm.png", "interpolations.png",
                  "reconstructions.png", I.LDE_FILE):
         assert (run / name).stat().st_size > 0, name
@@ -232,40 +264,35 @@ def test_both_stages_then_eval_and_parzen(tmp_path, torch_home):
     assert checkpoint["method"] == "iae_lde" and checkpoint["args"]["perc_weight"] == 0.1
     assert set(checkpoint["samplers"]) == {"normal", "mvg", "gmm", "lde"}
     records = log_records(run)
-    assert [r["active_dims"] for r in records if "active_dims" in r] == [6, 6]
-    assert [r["epoch"] for r in records if r.get("stage") == "lde" and "epoch" in r] == [1, 2]
+    stage_one = [r for r in records if "active_dims" in r]
+    assert [r["active_dims"] for r in stage_one] == [6, 6]  # all 6 active from epoch 1 on (W=1)
+    assert stage_one[-1]["loss"] < stage_one[0]["loss"]
+    lde = [r["nll_per_dim"] for r in records if r.get("stage") == "lde" and "epoch" in r]
+    assert len(lde) == 3 and lde[-1] < lde[0]  # the LDE's NLL falls
     nll = records[-1]["test_code_nll"]
-    assert set(nll) == {"normal", "mvg", "gmm", "lde"} and all(map(math.isfinite, nll.values()))
+    assert set(nll) == {"normal", "mvg", "gmm", "lde"}
+    assert nll["lde"] < nll["normal"]  # it has learnt something of the codes' density
 
-    evaluated = run_eval(torch_home, run, "--num-samples", "16", "--samplers", "lde", "gmm",
-                         "--device", "cpu")
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert "| LDE |" in evaluated.stdout  # a column of the table
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert math.isfinite(metrics["columns"]["lde"]["fid"])
 
-    parzen = run_script("iae_lde.py", "--parzen", run, "--parzen-samples", "40", "--device", "cpu")
-    assert parzen.returncode == 0, parzen.stderr
-    scores = log_records(run)[-1]["parzen"]
+def test_parzen_of_every_sampler(two_stage_run):
+    scores = I.parzen(str(two_stage_run), I.Args(parzen_samples=40, device="cpu"), set())
     assert set(scores) == {"normal", "mvg", "gmm", "lde"}
     assert all(math.isfinite(s["log_likelihood"]) and s["standard_error"] > 0
                for s in scores.values())
+    assert log_records(two_stage_run)[-1]["parzen"] == scores
 
 
 def test_fit_lde_on_a_dae_run(tmp_path):
-    dae = run_script("dae.py", "--dataset", "digits", "--filters", "4", "--latent-dim", "4",
-                     "--epochs", "1", "--batch-size", "64", "--gmm-components", "2",
-                     "--device", "cpu", "--out-dir", tmp_path)
-    assert dae.returncode == 0, dae.stderr
-    (run,) = tmp_path.iterdir()
-    result = run_script("iae_lde.py", "--fit-lde", run, "--components", "3", "--lde-epochs", "1",
-                        "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    assert (run / "samples_lde.png").stat().st_size > 0
-    import dae as dae_module
-    loaded = dae_module.load_run(run)
+    import dae
+
+    folder = train(dae, tmp_path, dataset="digits", filters=4, latent_dim=4, epochs=1,
+                   batch_size=64, gmm_components=2)
+    nll = I.fit_lde(str(folder), I.Args(components=3, lde_epochs=1, device="cpu"), set())
+    assert set(nll) == {"normal", "mvg", "gmm", "lde"}
+    assert (folder / "samples_lde.png").stat().st_size > 0
+    loaded = dae.load_run(folder)
     assert isinstance(loaded.samplers["lde"], I.LDESampler)
-    images = dae_module.sample(loaded, 5, "lde", seed=1)
+    images = dae.sample(loaded, 5, "lde", seed=1)
     assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
 
 
@@ -274,9 +301,6 @@ def test_fit_lde_on_a_dae_run(tmp_path):
     (["--dataset", "fake", "--image-size", "36", "--perc-weight", "0"], ["--image-size"]),
     (["--fit-lde", "no/such/run"], ["no checkpoint.pt"]),
 ])
-def test_user_errors(argv, words, tmp_path):
-    result = run_script("iae_lde.py", *argv, "--device", "cpu", "--out-dir", tmp_path)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:"), result.stderr
-    assert all(word in last for word in words), result.stderr
+def test_user_errors(argv, words, tmp_path, capsys):
+    last = cli_error(I, [*argv, "--device", "cpu", "--out-dir", tmp_path], capsys)
+    assert last.startswith("error:") and all(word in last for word in words), last

@@ -1,4 +1,5 @@
 """Ex-post latent samplers of common.py: N(0, I), MVG and GMM."""
+import numpy as np
 import torch
 
 import common
@@ -73,3 +74,15 @@ def test_state_survives_a_safe_checkpoint(tmp_path):
     restored = common.samplers_from_state(stored)
     for name in samplers:
         assert torch.equal(restored[name].sample(50, 3), samplers[name].sample(50, 3))
+
+
+def test_log_prob_equals_scipy_mixture_density():
+    """log sum_k w_k N(z; mu_k, Sigma_k) (the 1e-6 ridge aside) against scipy, sign and scale."""
+    from scipy import stats
+
+    codes, _ = three_clusters(600)
+    gmm = common.fit_samplers(codes, seed=0, gmm_components=3)["gmm"]
+    points = codes[:20] + torch.randn(20, 2)  # near the data: densities far from 0
+    density = sum(w * stats.multivariate_normal(m.numpy(), c.numpy() + 1e-6 * np.eye(2)).pdf(
+        points.numpy()) for w, m, c in zip(gmm.weights, gmm.means, gmm.covs))
+    np.testing.assert_allclose(gmm.log_prob(points).numpy(), np.log(density), rtol=1e-6)

@@ -1,0 +1,237 @@
+"""Mutation check (not collected by pytest): do the tests catch a slipped sign, factor or
+scope? Run it before you stop:
+
+    python tests/mutate.py                 # every mutation, two at a time
+    python tests/mutate.py --list          # what it would try
+    python tests/mutate.py --only 3 17     # some of them, by number
+    python tests/mutate.py --jobs 1        # one at a time
+
+Each mutation is one small textual change of one file (a flipped sign, a dropped factor, a
+swapped split, an off-by-one in a schedule, a widened scope). For each, the tracked tree
+(what `git ls-files` lists, plus new files not ignored) is copied into a scratch folder,
+the change is applied there (it must match exactly once, or the mutation is reported as
+stale), and the test files that guard that code run on the copy with `pytest -x`. A
+mutation the tests fail on is caught; one they pass survives. The checkout itself is never
+touched. Exits 1 if any mutation survives or is stale.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = 2  # mutations tested at once (--jobs)
+
+# (file, exact text, replacement, test files that must catch it, what the slip is)
+MUTATIONS = [
+    # dae.py
+    ("dae.py", "loss = reconstruction_loss(logits, x)", "loss = -reconstruction_loss(logits, x)",
+     ["test_dae.py"], "the training loop ascends the BCE"),
+    ("dae.py", "if self.training and self.noise_std > 0:", "if self.noise_std > 0:",
+     ["test_dae.py"], "decoder-input noise also at evaluation"),
+    ("dae.py", "linear.requires_grad_(False)", "linear.requires_grad_(True)",
+     ["test_dae.py"], "--freeze-latent ignored"),
+    # vae.py
+    ("vae.py", "mu.square() - 1 - 2 * log_sigma", "mu.square() - 1 + 2 * log_sigma",
+     ["test_vae.py"], "sign of log sigma^2 in the KL"),
+    ("vae.py", "z = mu + log_sigma.exp() * torch.randn_like(mu)",
+     "z = mu + log_sigma * torch.randn_like(mu)", ["test_vae.py"],
+     "reparameterisation scales by log sigma"),
+    ("vae.py", 'terms["loss"] = terms["rec"] + beta * terms["kl"]',
+     'terms["loss"] = terms["rec"] + terms["kl"]', ["test_vae.py"], "beta dropped from the ELBO"),
+    ("vae.py", "return squared.mean(1).flatten(1).sum(1).mean()",
+     "return squared.flatten(1).sum(1).mean()", ["test_vae.py"],
+     "Gaussian reconstruction sums channels instead of averaging"),
+    ("vae.py", "vae_loss(logits, x, mu, log_sigma, args.loss, beta)",
+     "vae_loss(logits, x, mu, log_sigma, args.loss, 0.01)", ["test_vae.py"],
+     "the training loop ignores --kl-weight"),
+    # rae.py
+    ("rae.py", "return 0.5 * z.float().square().sum(1).mean()",
+     "return z.float().square().sum(1).mean()", ["test_rae.py"], "L_z without its 1/2"),
+    ("rae.py", "2 * pixels * beta_code / args.latent_dim", "pixels * beta_code / args.latent_dim",
+     ["test_rae.py"], "official beta converted without the factor 2"),
+    ("rae.py", 'per_unit = pixels / args.latent_dim if args.variant == "rae-gp" else pixels',
+     "per_unit = pixels", ["test_rae.py"], "GP weight not divided by the latent units"),
+    ("rae.py", 'include_dense=args.dataset == "celeba"', 'include_dense=args.dataset != "celeba"',
+     ["test_rae.py"], "L2 scope of the first Dense swapped between data sets"),
+    ("rae.py", 'if args.variant == "rae-gp":', 'if args.variant == "rae-gp " :',
+     ["test_rae.py"], "--variant rae-gp trains without its penalty"),
+    ("rae.py", "create_graph=True", "create_graph=False", ["test_rae.py"],
+     "the gradient penalty is not trained through"),
+    ("rae.py", "if self.wait >= self.patience:", "if self.wait > self.patience:",
+     ["test_rae.py"], "plateau patience off by one (PyTorch's rule)"),
+    ("rae.py", "if val_loss < self.best - self.min_delta:",
+     "if val_loss < self.best * (1 - 1e-4):", ["test_rae.py"],
+     "plateau threshold relative, not Keras' absolute min_delta"),
+    # eae.py
+    ("eae.py", 'terms["rec"] - args.reg_weight * terms["entropy"]',
+     'terms["rec"] + args.reg_weight * terms["entropy"]', ["test_eae.py"],
+     "sign of the entropy term"),
+    ("eae.py", "+ d * log_eps.mean()", "+ log_eps.mean()", ["test_eae.py"],
+     "Kozachenko-Leonenko without the factor d"),
+    ("eae.py", "digamma(n) - digamma(k)", "digamma(n) + digamma(k)", ["test_eae.py"],
+     "sign of psi(k)"),
+    ("eae.py", "nn.BatchNorm1d(args.latent_dim, affine=False)", "nn.BatchNorm1d(args.latent_dim)",
+     ["test_eae.py"], "latent batch norm with affine scale and shift"),
+    ("eae.py", "return args.lr * args.lr_decay ** epoch",
+     "return args.lr * args.lr_decay ** (epoch + 1)", ["test_eae.py"],
+     "learning-rate decay one epoch early"),
+    ("eae.py", "if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))",
+     "if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)))", ["test_eae.py"],
+     "L2 widened to the decoder's first Linear"),
+    ("eae.py", '("all" if args.dataset == "celeba" else "none")',
+     '("all" if args.dataset == "cifar10" else "none")', ["test_eae.py"],
+     "spectral norm for the wrong data set"),
+    # iae_lde.py
+    ("iae_lde.py", "return 2 * super().forward(z[:, :, None, None])",
+     "return super().forward(z[:, :, None, None])", ["test_iae_lde.py"],
+     "decoder output range: y instead of 2y"),
+    ("iae_lde.py", "int(latent_dim * fractional_epoch / warmup_epochs + 1)",
+     "int(latent_dim * fractional_epoch / warmup_epochs)", ["test_iae_lde.py"],
+     "incremental schedule off by one (no dimension at first)"),
+    ("iae_lde.py", "z = z * (torch.arange(z.shape[1], device=z.device) < active)",
+     "z = z * (torch.arange(z.shape[1], device=z.device) <= active)", ["test_iae_lde.py"],
+     "one dimension too many unmasked"),
+    ("iae_lde.py", "** 2 - log_sigma", "** 2 + log_sigma", ["test_iae_lde.py"],
+     "sign of log sigma in the mixture NLL"),
+    ("iae_lde.py", "values = F.pad(z, (self.pad, 0))[:, :-1]",
+     "values = F.pad(z, (self.pad - 1, 0))", ["test_iae_lde.py"],
+     "LDE not causal: p(z_i) sees z_i"),
+    ("iae_lde.py", "return logits.log_softmax(2), mu, log_sigma", "return logits, mu, log_sigma",
+     ["test_iae_lde.py"], "mixture weights not normalised"),
+    ("iae_lde.py", "return 0.5 * sum(F.mse_loss(a, b)", "return sum(F.mse_loss(a, b)",
+     ["test_iae_lde.py"], "perceptual loss without its 1/2"),
+    ("iae_lde.py", "[features[:2], features[2:7], features[7:]]",
+     "[features[:4], features[4:7], features[7:]]", ["test_iae_lde.py"],
+     "perceptual layer relu1_2 instead of relu1_1"),
+    ("iae_lde.py", "dim=2) - math.log(n)", "dim=2)", ["test_iae_lde.py"],
+     "Parzen estimate without -log S"),
+    # deciphering.py
+    ("deciphering.py", "- shifts[:, None] + max_shift", "+ shifts[:, None] + max_shift",
+     ["test_deciphering.py"], "shift direction"),
+    ("deciphering.py", "return 50 + 50 * shifts.float()", "return 50 - 50 * shifts.float()",
+     ["test_deciphering.py"], "the MLP told the opposite shift"),
+    ("deciphering.py", "args.widths[2] - 1 - stage3", "args.widths[1] - 1 - stage3",
+     ["test_deciphering.py"], "flipped pattern reversed over the wrong width"),
+    ("deciphering.py", "x = images.float().div_(127.5).sub_(1)", "x = images.float().div_(255)",
+     ["test_deciphering.py"], "LPIPS targets in [0, 1] instead of [-1, 1]"),
+    ("deciphering.py", "h = h * mask.to(h.dtype)[:, :, None, None]", "h = h",
+     ["test_deciphering.py"], "the dropout pattern is never applied"),
+    ("deciphering.py", "min(1 - (1 + t) ** -EMA_POWER, cap)", "min(1 - t ** -EMA_POWER, cap)",
+     ["test_deciphering.py"], "EMA warm-up off by one step"),
+    ("deciphering.py", "min(epoch / warmup, 1.0)", "min((epoch + 1) / warmup, 1.0)",
+     ["test_deciphering.py"], "weight-decay warm-up off by one epoch"),
+    # common.py
+    ("common.py", 'pixels = pixels[:1500] if split == "train" else pixels[1500:]',
+     'pixels = pixels[1500:] if split == "train" else pixels[:1500]',
+     ["test_data.py", "test_dae.py"], "train and test splits swapped"),
+    ("common.py", "range(0, len(images) - batch_size + 1, batch_size)",
+     "range(0, len(images) - batch_size, batch_size)", ["test_data.py"],
+     "an epoch drops one batch too many"),
+    ("common.py", "(epoch >= int(0.33 * epochs))", "(epoch > int(0.33 * epochs))",
+     ["test_dae.py"], "Daly et al.'s first lr drop one epoch late"),
+    ("common.py", "model.eval()\n    codes = gather_rows(",
+     "model.train()\n    codes = gather_rows(", ["test_dae.py"],
+     "ex-post densities fitted to train-mode codes"),
+    ("common.py", '"mvg": LatentSampler(one, codes.mean(0, keepdim=True)',
+     '"mvg": LatentSampler(one, codes.median(0, keepdim=True).values', ["test_samplers.py"],
+     "MVG centred on the median"),
+    ("common.py", "torch.logsumexp(per_component + self.weights.log(), dim=1)",
+     "torch.logsumexp(per_component, dim=1)", ["test_samplers.py"],
+     "mixture log-density without the weights"),
+    ("common.py", "return total // 2, total - total // 2", "return total - total // 2, total // 2",
+     ["test_backbone.py"], "TensorFlow 'same' padding: the odd pixel before"),
+    ("common.py", "nn.utils.parametrizations.spectral_norm(m, dim=0)",
+     "nn.utils.parametrizations.spectral_norm(m)", ["test_backbone.py"],
+     "spectral norm of the transposed convs in PyTorch's layout, not Keras'"),
+    ("common.py", "m.momentum, m.eps = 0.01, 1e-3", "m.momentum, m.eps = 0.99, 1e-3",
+     ["test_backbone.py"], "Keras momentum 0.99 passed to PyTorch as is"),
+    ("common.py", "- 2 * trace_sqrt).item()", "- trace_sqrt).item()", ["test_eval.py"],
+     "FID's cross term halved"),
+    ("common.py", "(log_p.exp() * (log_p - log_py))", "(log_p.exp() * (log_py - log_p))",
+     ["test_eval.py"], "sign of the Inception Score's KL"),
+    ("common.py", ".kthvalue(k + 1, 1)", ".kthvalue(k, 1)", ["test_eval.py"],
+     "precision/recall radius counts the point itself"),
+    # eval.py
+    ("eval.py", 'f"inception{net.weights_digest}-{common.FEATURE_PROTOCOL}.npz"',
+     'f"{common.FEATURE_PROTOCOL}.npz"', ["test_eval.py"],
+     "FID cache ignores the Inception weights"),
+    ("eval.py", "(codes[0::2] + codes[1::2]) / 2", "codes[0::2]", ["test_eval.py"],
+     "Interp decodes an endpoint, not the midpoint"),
+    ("eval.py", "images = common.load_images(dataset, data_root, split, size, crop)",
+     'images = common.load_images(dataset, data_root, "test", size, crop)', ["test_eval.py"],
+     "--ref train scored against the test split"),
+]
+
+
+def tree_files() -> list[str]:
+    """The files a clean clone would have, plus new ones git does not ignore."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def run_one(number: int, mutation, files) -> tuple[int, str, float, str]:
+    path, old, new, tests, _ = mutation
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix=f"mutant{number}-") as scratch:
+        for f in files:
+            (Path(scratch) / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, Path(scratch) / f)
+        text = (Path(scratch) / path).read_text()
+        if text.count(old) != 1:
+            return number, "stale", 0.0, f"matches {text.count(old)} times"
+        (Path(scratch) / path).write_text(text.replace(old, new))
+        # Each pytest gets its share of the cores: torch's threads spin-wait, and two
+        # processes with a thread per core each slow each other down many times over.
+        threads = str(max(1, (os.cpu_count() or 1) // JOBS))
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": threads,
+               "MKL_NUM_THREADS": threads}
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                                 "no:cacheprovider", *(f"tests/{t}" for t in tests)],
+                                cwd=scratch, env=env, capture_output=True, text=True)
+    failed = [line.split(" - ")[0] for line in result.stdout.splitlines()
+              if line.startswith(("FAILED", "ERROR"))]
+    status = "caught" if result.returncode != 0 else "SURVIVED"
+    return number, status, time.time() - started, failed[0] if failed else ""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true", help="print the mutations and stop")
+    parser.add_argument("--only", type=int, nargs="+", help="numbers of the mutations to run")
+    parser.add_argument("--jobs", type=int, default=2, help="mutations tested at once")
+    args = parser.parse_args()
+    global JOBS
+    JOBS = args.jobs
+    chosen = [i for i in range(len(MUTATIONS)) if not args.only or i in args.only]
+    if args.list:
+        for i in chosen:
+            path, _, _, tests, what = MUTATIONS[i]
+            print(f"{i:3d}  {path:15s} {what}  [{', '.join(tests)}]")
+        return
+    files = tree_files()
+    print(f"{len(chosen)} mutations of {len({MUTATIONS[i][0] for i in chosen})} files, "
+          f"{args.jobs} at a time")
+    results = {}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for number, status, seconds, detail in pool.map(
+                lambda i: run_one(i, MUTATIONS[i], files), chosen):
+            results[number] = status
+            print(f"{number:3d} {status:8s} {seconds:5.0f} s  {MUTATIONS[number][0]:15s} "
+                  f"{MUTATIONS[number][4]}  {detail}", flush=True)
+    bad = [i for i, s in results.items() if s != "caught"]
+    print(f"\n{len(results) - len(bad)} of {len(results)} mutations caught"
+          + (f"; not caught: {bad}" if bad else ""))
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
