@@ -111,8 +111,13 @@ def cli(main, args_cls, doc: str | None):
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        print("\ninterrupted: the last complete epoch's checkpoint is kept; "
-              "continue with --resume RUN_DIR", file=sys.stderr)
+        if LAST_SAVED:
+            folder, epoch = LAST_SAVED
+            print(f"\ninterrupted: the checkpoint of epoch {epoch + 1} in {folder} is kept; "
+                  f"continue with --resume {folder}", file=sys.stderr)
+        else:
+            print("\ninterrupted before the first checkpoint: nothing to resume",
+                  file=sys.stderr)
         sys.exit(130)
 
 
@@ -123,7 +128,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".p
 # Image size and centre crop a data set gets when --image-size / --crop are 0.
 DEFAULT_SIZE = {"celeba": 64}
 DEFAULT_CROP = {"celeba": 140}
-CELEBA_TEST_FROM = 182638  # standard partition: 1-162770 train, -182637 valid, rest test
+# The standard partition by file number: 1-162770 train, 162771-182637 valid, the rest test.
+CELEBA_VALID_FROM, CELEBA_TEST_FROM = 162771, 182638
 
 
 def load_images(name: str, root: str, split: str, image_size: int = 0, crop: int = 0):
@@ -131,6 +137,8 @@ def load_images(name: str, root: str, split: str, image_size: int = 0, crop: int
     image_size, crop = image_size or DEFAULT_SIZE.get(name, 32), crop or DEFAULT_CROP.get(name, 0)
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, not {split}")
+    if name in ("cifar10", "mnist") and image_size != 32:
+        raise UserError(f"{name} images are 32x32 here; --image-size must be 32 (or 0)")
     if name == "cifar10":
         return _torchvision_set("CIFAR10", root, split, "cifar-10-batches-py")
     if name == "mnist":  # 28x28 zero-padded to 32x32, as Ghosh et al. and Ghose et al.
@@ -208,7 +216,8 @@ def _celeba(root: str, split: str, image_size: int, crop: int) -> torch.Tensor:
     files = _image_files(image_dir)
     # Official partition by file number; names that are not numbers all count as train.
     number = lambda p: int(p.stem) if p.stem.isdigit() else 0  # noqa: E731
-    files = [p for p in files if (number(p) >= CELEBA_TEST_FROM) == (split == "test")]
+    first, last = (CELEBA_TEST_FROM, math.inf) if split == "test" else (0, CELEBA_VALID_FROM - 1)
+    files = [p for p in files if first <= number(p) <= last]  # the valid part is held out
     if not files:
         raise UserError(f"no CelebA {split} images (test starts at {CELEBA_TEST_FROM}.jpg) "
                         f"in {image_dir}")
@@ -677,6 +686,7 @@ def atomic_save(obj, path: Path):
 
 
 CHECKPOINT = "checkpoint.pt"
+LAST_SAVED = []  # (folder, epoch) of this process's last checkpoint, for the Ctrl-C message
 
 
 def load_checkpoint(run_dir: str, map_location="cpu", method: str = "") -> dict:
@@ -785,6 +795,7 @@ def save_epoch(folder: Path, method: str, args, epoch: int, model, optimizer,
         state["rng_per_process"] = [None] * world()[1]
         torch.distributed.all_gather_object(state["rng_per_process"], rng_state())
     atomic_save(state, folder / CHECKPOINT)
+    LAST_SAVED[:] = [folder, epoch]
     return state
 
 

@@ -6,7 +6,8 @@
 
 One protocol for every method, so that the columns of the papers' tables can be compared:
   - Generation: for each sampler the run offers (N(0, I), MVG, GMM and the method's own),
-    --num-samples images decoded in batches on the device; for methods with an encoder also
+    --num-samples images drawn in one call from --seed and decoded on the device (so they
+    do not depend on --batch-size); for methods with an encoder also
     REC (reconstructions of test images) and Interp (decoded midpoints of the codes of random
     test pairs, as the RAE paper). Each image is quantised to 8 bits, as a PNG would be.
   - Features: pytorch-fid's FID Inception (the 2015-12-05 TF weights), bilinear resize to
@@ -98,12 +99,16 @@ def chunks(n: int, size: int):
 
 
 def generated(method, run, sampler: str, n: int, args: Args, save_dir: Path | None):
-    for i, size in enumerate(chunks(n, args.batch_size)):
-        images = method.sample(run, size, sampler, seed=args.seed * 1_000_003 + i)
+    """The n samples of one sampler, drawn in one call (so that they do not depend on
+    --batch-size: the deciphering sampler's batch norms see its own groups), then handed
+    on in batches."""
+    images = method.sample(run, n, sampler, seed=args.seed)  # [n, C, H, W] on the device
+    for start in range(0, n, args.batch_size):
+        batch = images[start:start + args.batch_size]
         if save_dir is not None:
-            for j, image in enumerate(images):
-                common.save_grid(image[None], save_dir / f"{i * args.batch_size + j:06d}.png", 1)
-        yield images
+            for j, image in enumerate(batch):
+                common.save_grid(image[None], save_dir / f"{start + j:06d}.png", 1)
+        yield batch
 
 
 def reconstructed(method, run, test: torch.Tensor, batch_size: int):

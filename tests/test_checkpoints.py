@@ -101,3 +101,18 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path):
     state = common.load_checkpoint(only_run(tmp_path / "runs"))
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_ctrl_c_says_which_checkpoint_is_kept(tmp_path, capsys, monkeypatch):
+    def interrupted(args, given):
+        common.LAST_SAVED[:] = [tmp_path, 4]  # what save_epoch records
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "LAST_SAVED", [])
+    monkeypatch.setattr(sys, "argv", ["dae.py"])
+    with pytest.raises(SystemExit) as stop:
+        common.cli(interrupted, dae.Args, "")
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip() == (
+        f"interrupted: the checkpoint of epoch 5 in {tmp_path} is kept; "
+        f"continue with --resume {tmp_path}")

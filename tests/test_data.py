@@ -50,7 +50,8 @@ def test_celeba_as_folder_split_and_crop(tmp_path):
                     centre=(140, (255, 0, 0)))
     train = common.load_images("celeba", tmp_path, "train")  # crop 140 -> 64 by default
     test = common.load_images("celeba", tmp_path, "test")
-    assert train.shape == (4, 3, 64, 64) and test.shape == (2, 3, 64, 64)
+    # The standard partition: 1-162770 train, 162771-182637 valid (held out), then test.
+    assert train.shape == (2, 3, 64, 64) and test.shape == (2, 3, 64, 64)
     red, blue = train[:, 0].float().mean(), train[:, 2].float().mean()
     assert red > 240 and blue < 15  # only the central crop is left
     small = common.load_images("celeba", tmp_path, "test", image_size=32, crop=160)
@@ -72,6 +73,12 @@ def test_cache_is_used_and_refreshed(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_image(tmp_path / "x" / "9.png", (32, 32), (99, 0, 0))  # the data changed
     assert len(common.load_images("folder", tmp_path, "train")) == len(first) + 1
+
+
+@pytest.mark.parametrize("name", ["cifar10", "mnist"])
+def test_fixed_size_data_sets_refuse_another_size(name, tmp_path):
+    with pytest.raises(common.UserError, match="must be 32"):
+        common.load_images(name, tmp_path, "train", image_size=64)
 
 
 def test_digits():

@@ -1,5 +1,6 @@
 """deciphering.py: patterns, clustering, shift, schedules, EMA, LPIPS offline, and the two
 training phases end to end with eval.py."""
+import json
 import math
 import os
 from unittest import mock
@@ -82,7 +83,7 @@ def test_shift_position_and_embedding():
     positions = D.shift_position(torch.tensor([-8, -4, 0, 4, 8]), 8)
     assert positions.tolist() == [0, 25, 50, 75, 100]  # 100 (r + 8) / 16, as the official code
     assert D.shift_position(torch.tensor([0]), 0).tolist() == [50]
-    embedding = D.sinusoidal(torch.tensor([0.0, 50.0]))
+    embedding = D.sinusoidal(torch.tensor([0.0, 50.0]), 128)
     assert embedding.shape == (2, 128)
     k = torch.arange(64)
     frequencies = 10000 ** (-k / 63)
@@ -123,29 +124,68 @@ def test_ema_decay_follows_the_official_schedule(step):
     assert D.ema_decay(step, 0.99995) == pytest.approx(ema_pytorch_decay(step + 1), abs=1e-12)
 
 
-def test_ema_update():
+class EmaPytorch023:
+    """ema_pytorch 0.2.3's EMA.update (beta 0.99995, update_after_step 100, update_every
+    10), written from its source: a step counter, copies up to step 100, its `initted` flag
+    (one more copy at the first update after that), then lerp with get_current_decay."""
+
+    def __init__(self, ema):
+        self.ema, self.step, self.initted = ema, 0, False
+
+    def floats(self, model):
+        return [t for t in model.state_dict().values() if t.dtype == torch.float]
+
+    def update(self, model):
+        step, self.step = self.step, self.step + 1
+        if step % 10:
+            return
+        if step <= 100 or not self.initted:
+            for a, b in zip(self.floats(self.ema), self.floats(model)):
+                a.copy_(b)
+            if step <= 100:
+                return
+            self.initted = True
+        decay = ema_pytorch_decay(self.step)
+        for a, b in zip(self.floats(self.ema), self.floats(model)):
+            a.lerp_(b, 1 - decay)
+
+
+def test_ema_equals_ema_pytorch_step_by_step():
+    """300 steps of a changing model: our EMA and ema_pytorch's agree at every step."""
+    torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
-    ema = D.copy.deepcopy(model)
-    with torch.no_grad():
-        model[0].weight.add_(1.0)
-    before = ema[0].weight.clone()
-    D.update_ema(ema, model, 103, 0.99995)  # not a multiple of 10: no update
-    assert torch.equal(ema[0].weight, before)
-    D.update_ema(ema, model, 100, 0.99995)  # up to step 100: a copy
-    assert torch.equal(ema[0].weight, model[0].weight)
-    with torch.no_grad():
-        model[0].weight.add_(1.0)
-        model[1].running_mean.add_(2.0)
-    D.update_ema(ema, model, 110, 0.99995)
-    decay = 1 - 11 ** (-2 / 3)
-    assert torch.allclose(ema[0].weight, model[0].weight - decay * 1.0)
-    assert torch.allclose(ema[1].running_mean, torch.full((3,), 2.0 * (1 - decay)))
+    ours, theirs = D.copy.deepcopy(model), EmaPytorch023(D.copy.deepcopy(model))
+    for step in range(300):
+        with torch.no_grad():
+            model[0].weight.add_(torch.randn(3, 3))
+            model[1].running_mean.add_(torch.randn(3))
+        D.update_ema(ours, model, step, 0.99995)
+        theirs.update(model)
+        for a, b in zip(theirs.floats(ours), theirs.floats(theirs.ema)):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        if step == 110:  # the first update after the warm-up is one more copy
+            assert torch.equal(ours[0].weight, model[0].weight)
 
 
 def test_network_matches_the_official_parameter_count():
+    """The official Net(3, latent) has 18,112,771 parameters at latent 128 and 20,079,619
+    at CelebA's 256: the shift MLP and the decoder's first layer follow the latent size."""
     model = D.DecipheringAE(3, 32, [128, 256, 512, 1024], 128)
-    assert sum(p.numel() for p in model.parameters()) == 18_112_771  # official Net(3, 128, ...)
+    assert sum(p.numel() for p in model.parameters()) == 18_112_771
     assert sum(p.numel() for p in model.shift_mlp.parameters()) == 131_712
+    celeba = D.DecipheringAE(3, 32, [128, 256, 512, 1024], 256)
+    assert sum(p.numel() for p in celeba.parameters()) == 20_079_619
+
+
+def test_decoder_groups_and_bottlenecks_at_other_widths():
+    """Official formulas at widths 32..256: transposed convs in groups of 128 input channels
+    (256 -> 2 groups, 128 and 64 -> 1), bottlenecks 64 wide but never wider than the stage
+    (128 -> 64, 64 -> 64, 32 -> 32)."""
+    model = D.DecipheringAE(3, 32, [32, 64, 128, 256], 16)
+    transposed = [m for m in model.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [m.groups for m in transposed] == [2, 1, 1, 1]
+    blocks = [m for m in model.decoder if isinstance(m, D.ResBlock)]
+    assert [b.body[0].out_channels for b in blocks] == [64, 64, 64, 64, 32, 32, 16, 16]
 
 
 def test_masked_channels_do_not_reach_the_next_stage():
@@ -242,19 +282,49 @@ def test_phase_one_learns_and_writes_its_run(phase_one, capsys):
             assert grid.size[0] == 8 * 33 + 1
 
 
-def test_phase_two_keeps_the_model_and_patterns(phase_one, weights, tmp_path, capsys):
-    args = D.Args(finetune_from=str(phase_one), epochs=1, lpips_size=64, latent_dim=99,
-                  device="cpu", out_dir=str(tmp_path), data_root=str(tmp_path / "data"))
-    folder = D.train(args, {"finetune_from", "epochs", "lpips_size", "latent_dim", "device",
-                            "out_dir", "data_root"})
-    assert "ignoring --latent-dim" in capsys.readouterr().out
+def test_phase_two_inherits_phase_one_and_says_what_changes(phase_one, weights, tmp_path,
+                                                            capsys):
+    args = D.Args(finetune_from=str(phase_one), epochs=1, lr=1e-3, latent_dim=99,
+                  device="cpu", out_dir=str(tmp_path))
+    folder = D.train(args, {"finetune_from", "epochs", "lr", "latent_dim", "device", "out_dir"})
+    out = capsys.readouterr().out
+    assert "ignoring --latent-dim" in out
+    for change in ("epochs 3 -> 1", "max_shift 8 -> 0", "wd_warmup 0.4 -> 0.0", "lr 0.002 -> 0.001"):
+        assert change in out, out
     second, first = common.load_checkpoint(folder), common.load_checkpoint(phase_one)
-    assert second["args"]["max_shift"] == 0 and second["args"]["latent_dim"] == 16
+    for key in ("batch_size", "lpips_size", "latent_dim", "data_root", "seed", "flip"):
+        assert second["args"][key] == first["args"][key], key  # inherited, not reset
+    assert second["args"]["max_shift"] == 0 and second["args"]["lr"] == 1e-3
     assert torch.equal(second["patterns"], first["patterns"])
+    assert (phase_one / D.PHASE_TWO_FILE).read_text() == str(folder)
     run = D.load_run(folder)
     assert set(run.samplers) == {"uniform", "clusters", "running-bn"}
     images = D.sample(run, 5, "clusters", seed=0)
     assert images.shape == (5, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+
+def test_both_phases_in_one_command_and_resumed(weights, tmp_path, capsys):
+    """--phase-two-epochs: phase one, then phase two beside it; --resume of phase one then
+    continues phase two (here: finished) instead of starting another."""
+    settings = dict(**TINY, epochs=1, phase_two_epochs=1, lpips_size=32, device="cpu",
+                    out_dir=str(tmp_path), data_root=str(tmp_path / "data"))
+    D.main(D.Args(**settings), set(settings))
+    (one,), (two,) = tmp_path.glob("deciphering-fake-*"), tmp_path.glob("deciphering-finetune-*")
+    second = common.load_checkpoint(two)["args"]
+    assert second["finetune_from"] == str(one) and second["epochs"] == 1
+    assert second["max_shift"] == 0 and second["batch_size"] == 32
+    assert "needs phase two" not in capsys.readouterr().out
+    D.main(D.Args(resume=str(one)), {"resume"})
+    assert len(list(tmp_path.glob("deciphering-*"))) == 2
+
+
+def test_phase_one_alone_ends_with_the_phase_two_command(phase_one, weights, capsys):
+    """Also: settings are checked after --resume has restored the run's own, so a flag the
+    resume ignores (--clusters 5 would not cut 16 channels evenly) is no error."""
+    D.main(D.Args(resume=str(phase_one), clusters=5), {"resume", "clusters"})
+    out = capsys.readouterr().out
+    assert "ignoring --clusters" in out
+    assert f"python deciphering.py --finetune-from {phase_one}" in out
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(weights, tmp_path):
@@ -274,6 +344,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(weights, tmp_path):
     (["--resume", "RUN_OF_ANOTHER_METHOD"], ["is a dae run, not a deciphering run"]),
     (["--max-shift", "32"], ["--max-shift"]),
     (["--finetune-from", "nowhere"], ["nowhere", "checkpoint.pt"]),
+    (["--dataset", "digits", "--image-size", "48", "--batch-size", "1600"], ["larger than"]),
 ])
 def test_bad_flags_are_one_line_errors(argv, words, weights, tmp_path, capsys):
     if "RUN_OF_ANOTHER_METHOD" in argv:
@@ -283,3 +354,47 @@ def test_bad_flags_are_one_line_errors(argv, words, weights, tmp_path, capsys):
             "4", "--clusters", "4", "--latent-dim", "16", "--batch-size", "32", "--device", "cpu"]
     last = cli_error(D, [*tiny, "--epochs", "1", "--out-dir", tmp_path, *argv], capsys)
     assert last.startswith("error:") and all(w in last for w in words), last
+
+
+def test_samples_do_not_depend_on_how_eval_asks_for_them():
+    """Batch norm sees the sampler's own groups (n split evenly, none above 250), so eval.py's
+    --batch-size (100, 250, a remainder of 1) changes nothing; 251 samples are two groups of
+    126 and 125, the first of which decodes alone to the same images."""
+    import eval as eval_module
+
+    args = tiny_args()
+    torch.manual_seed(0)
+    model = D.DecipheringAE(3, 32, args.widths, args.latent_dim).eval()
+    uniform = torch.full((4,), 0.25)
+    run = common.Run(model, D.dataclasses.asdict(args), {"uniform": uniform}, None)
+    batches = {size: torch.cat(list(eval_module.generated(
+        D, run, "uniform", 251, eval_module.Args(batch_size=size), None)))
+        for size in (100, 250)}
+    assert torch.equal(batches[100], batches[250])
+    g = torch.Generator().manual_seed(0)  # what sample() draws from seed 0, in its order
+    labels = torch.multinomial(uniform, 251, replacement=True, generator=g)
+    patterns = D.draw_patterns(labels, args, g)
+    noise = torch.randn(251, 3, 32, 32, generator=g)
+    first_group = D.generate(model, patterns[:126], noise[:126], args)
+    torch.testing.assert_close(batches[100][:126], first_group)
+
+
+@pytest.mark.parametrize("phase_one, phase_two, ref, expected", [
+    ({}, None, "test", 44.15), ({"clusters": 8}, None, "test", 42.83),
+    ({}, None, "train", None), ({"max_shift": 0}, None, "test", None),
+    ({"batch_size": 128}, None, "test", None),
+    ({}, {}, "test", 42.73), ({}, {}, "train", 39.02), ({"max_shift": 0}, {}, "test", 47.69),
+    ({"max_shift": 0}, {}, "train", None), ({"clusters": 8}, {}, "test", None),
+    ({}, {"epochs": 1000}, "test", None), ({}, {"lr": 1e-3}, "test", None),
+    ({"epochs": 500}, {}, "test", None),
+])
+def test_paper_figure_only_for_the_papers_settings(phase_one, phase_two, ref, expected,
+                                                   tmp_path):
+    one = {**D.dataclasses.asdict(D.Args()), **phase_one}
+    if phase_two is None:
+        args = one
+    else:
+        (tmp_path / "args.json").write_text(json.dumps(one))
+        two = {**one, **D.PHASE_TWO, "finetune_from": str(tmp_path), **phase_two}
+        args = {**two, "phase_two_epochs": 0}
+    assert D.paper_fid(args, ref) == ({} if expected is None else {"uniform": expected})

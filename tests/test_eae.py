@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from scipy import spatial, special, stats
 
+import common
 import eae
 from conftest import cli_error, log_records, train
 
@@ -149,9 +150,16 @@ def test_the_entropy_term_raises_the_codes_entropy(tmp_path):
     flags = dict(dataset="digits", filters=4, latent_dim=4, epochs=2, batch_size=50,
                  gmm_components=1)
     bn_only = log_records(train(eae, tmp_path / "bn", reg_weight=0.0, **flags))[-1]
-    entropic = log_records(train(eae, tmp_path / "h", reg_weight=1.0, **flags))[-1]
+    folder = train(eae, tmp_path / "h", reg_weight=1.0, **flags)
+    entropic = log_records(folder)[-1]
     assert entropic["entropy"] > bn_only["entropy"] + 0.05, (bn_only, entropic)
     assert entropic["entropy_gap"] == pytest.approx(eae.normal_entropy(4) - entropic["entropy"])
+    # The ex-post MVG is fitted to the codes of the training images, batch norms in eval mode.
+    run = eae.load_run(folder)
+    with torch.no_grad():
+        codes = run.model.eval().encoder(common.load_images("digits", "", "train").float() / 255)
+    torch.testing.assert_close(run.samplers["mvg"].means[0].float(), codes.mean(0), rtol=0,
+                               atol=1e-5)
 
 
 def test_too_few_codes_per_process_for_k(tmp_path, capsys):
