@@ -712,8 +712,7 @@ def flags(names) -> str:
 
 RESUMABLE = ("epochs", "device", "compile")  # flags that may change when resuming
 # Settings that do not change what a run learns (or only its random draws).
-NOT_A_SETTING = ("data_root", "seed", "device", "compile", "sync_bn", "out_dir", "resume",
-                 "save_every", "fit_lde", "parzen", "parzen_samples")
+NOT_A_SETTING = ("data_root", "seed", "device", "compile", "sync_bn", "out_dir", "resume")
 
 
 def off_paper(args: dict, paper: dict) -> list[str]:
@@ -999,8 +998,9 @@ class Inception(nn.Module):
 
 
 def inception_outputs(net: Inception, batches, total: int | None = None, desc: str = ""):
-    """pool3 features [N, 2048] and IS logits [N, 1008] (float64, CPU) of an iterable of
-    image batches in [0, 1], computed in fp32 with TF32 off."""
+    """pool3 features [N, 2048] and IS logits [N, 1008] (float64, on the network's device,
+    where FID, IS and precision / recall are then computed) of an iterable of image batches
+    in [0, 1], computed in fp32 with TF32 off."""
     from tqdm import tqdm
 
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -1010,8 +1010,8 @@ def inception_outputs(net: Inception, batches, total: int | None = None, desc: s
     try:
         for x in tqdm(batches, total=total, desc=desc, leave=False, mininterval=2):
             pool, logit = net(x.to(device))
-            features.append(pool.cpu())
-            logits.append(logit.cpu())
+            features.append(pool)
+            logits.append(logit)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return torch.cat(features), torch.cat(logits)

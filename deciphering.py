@@ -60,9 +60,9 @@ Deviations and choices (the paper where it speaks, else the official code):
   - Sampling: patterns uniform over channels (official: each cluster 1/32), noise input,
     r = 0, BN using the statistics of groups of up to 250 samples (the official sampler
     stays in train mode, batches of 250), n split into equal groups so that none is tiny,
-    whatever eval.py's --batch-size: eval.py's "uniform". "clusters" draws stage 1's cluster with its
-    training share (the paper leaves it open); "running-bn" uses BN's running statistics.
-    Sampling is seeded (the official is not).
+    whatever eval.py's --batch-size: eval.py's "uniform". "clusters" draws stage 1's
+    cluster with its training share (the paper leaves it open); "running-bn" uses BN's
+    running statistics. Sampling is seeded (the official is not).
   - bf16 autocast and channels_last on CUDA (official: fp32); a checkpoint with the
     optimizer every --save-every epochs (official: weights every 100 epochs).
   - CelebA: the standard train partition (162,770 images, as the paper); valid is held out.
@@ -588,7 +588,8 @@ def paper_fid(args: dict, ref: str = "test") -> dict:
     phase one alone, Table 2 by clusters (test, the split the text compares it with)."""
     def differs(run: dict, phase_two: bool, **settings) -> list:
         paper = {**dataclasses.asdict(Args()), **(PHASE_TWO if phase_two else {}), **settings}
-        return common.off_paper(run, {k: v for k, v in paper.items() if k not in OWN})
+        return common.off_paper(run, {k: v for k, v in paper.items()
+                                      if k not in (*OWN, "save_every")})
 
     if not args["finetune_from"]:
         found = ref == "test" and args["clusters"] in TABLE_2 and not differs(

@@ -77,15 +77,17 @@ def reference(net, run_args: dict, data_root: str, split: str, n: int, batch_siz
     cache = (Path(data_root or ".") / "fid-stats" /
              f"{dataset}-{split}-n{len(images)}-data{data_digest}-"
              f"inception{net.weights_digest}-{common.FEATURE_PROTOCOL}.npz")
+    device = net.fc_weight.device
     if cache.exists():
         with np.load(cache) as stored:
-            return {k: torch.from_numpy(stored[k]) for k in ("features", "mu", "sigma")}
+            return {k: torch.from_numpy(stored[k]).to(device) for k in ("features", "mu", "sigma")}
     features, _ = common.inception_outputs(
         net, (x.float() / 255 for x in images.split(batch_size)),
         math.ceil(len(images) / batch_size), f"reference {split}")
     mu, sigma = common.gaussian_stats(features)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, mu=mu.numpy(), sigma=sigma.numpy(), features=features.float().numpy())
+    np.savez(cache, mu=mu.cpu().numpy(), sigma=sigma.cpu().numpy(),
+             features=features.float().cpu().numpy())
     return {"features": features, "mu": mu, "sigma": sigma}
 
 
@@ -234,6 +236,7 @@ def main(args: Args, given: set):
             raise common.UserError(f"--fid takes two folders or .npz files, not {len(args.fid)}")
         net = common.Inception().to(common.pick_device(args.device))
         stats = [folder_stats(net, path, args.batch_size) for path in args.fid]
+        stats = [[t.cpu() for t in pair] for pair in stats]  # a .npz file's are on the CPU
         print(f"FID: {common.frechet_distance(*stats[0], *stats[1]):.4f}")
     elif args.run:
         evaluate(args)

@@ -289,7 +289,8 @@ def test_phase_two_inherits_phase_one_and_says_what_changes(phase_one, weights, 
     folder = D.train(args, {"finetune_from", "epochs", "lr", "latent_dim", "device", "out_dir"})
     out = capsys.readouterr().out
     assert "ignoring --latent-dim" in out
-    for change in ("epochs 3 -> 1", "max_shift 8 -> 0", "wd_warmup 0.4 -> 0.0", "lr 0.002 -> 0.001"):
+    for change in ("epochs 3 -> 1", "max_shift 8 -> 0", "wd_warmup 0.4 -> 0.0",
+                   "lr 0.002 -> 0.001"):
         assert change in out, out
     second, first = common.load_checkpoint(folder), common.load_checkpoint(phase_one)
     for key in ("batch_size", "lpips_size", "latent_dim", "data_root", "seed", "flip"):
