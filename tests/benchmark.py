@@ -84,7 +84,7 @@ def build(method: str, device, small: bool) -> Step:
     g = torch.Generator(device=device).manual_seed(0)
     f = 16 if small else 128
     images = lambda n: torch.rand(n, 3, 32, 32, device=device, generator=g)  # noqa: E731
-    if method in ("dae", "vae", "eae") or method.startswith(("rae", "ae")):
+    if method not in ("iae", "lde", "deciphering"):  # the backbone methods
         import dae, eae, rae, vae  # noqa: E401
 
         if method == "dae":
