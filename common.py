@@ -22,6 +22,8 @@ import importlib
 import json
 import math
 import os
+import platform
+import subprocess
 import sys
 import time
 import typing
@@ -82,8 +84,9 @@ def build_parser(args_cls, description: str | None = None) -> argparse.ArgumentP
             options["choices"] = meta.get("choices")
             if typing.get_origin(kind) is list:
                 options["nargs"] = "+"
-        if meta.get("positional"):
-            parser.add_argument(f.name, nargs="?", **options)
+        if meta.get("positional"):  # optional: one value, or any number for a list
+            options["nargs"] = "*" if typing.get_origin(kind) is list else "?"
+            parser.add_argument(f.name, **options)
         else:
             parser.add_argument("--" + f.name.replace("_", "-"), **options)
     return parser
@@ -237,14 +240,28 @@ def _decode_cached(files, cache_dir: Path, tag: str, image_size: int, crop: int)
         if stored["stamp"] == stamp:
             return stored["images"]
     images = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
+    unreadable = []
     for i, path in enumerate(tqdm(files, desc=f"decoding {tag}", mininterval=2)):
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if crop:
-                image = TF.center_crop(image, [crop, crop])
-            image = TF.resize(image, image_size, antialias=True)  # shorter side
-            image = TF.center_crop(image, [image_size, image_size])
-            images[i] = TF.pil_to_tensor(image)
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except (OSError, SyntaxError, ValueError):  # not an image, truncated, or corrupt
+            unreadable.append(i)
+            continue
+        if crop:
+            image = TF.center_crop(image, [crop, crop])
+        image = TF.resize(image, image_size, antialias=True)  # shorter side
+        image = TF.center_crop(image, [image_size, image_size])
+        images[i] = TF.pil_to_tensor(image)
+    if len(unreadable) == len(files):
+        raise UserError(f"none of the {len(files)} image files under {cache_dir} could be "
+                        f"read as an image (the first: {files[0]})")
+    if unreadable:
+        warnings.warn(f"skipped {len(unreadable)} of {len(files)} files that are not readable "
+                      f"images (the first: {files[unreadable[0]]})")
+        keep = torch.ones(len(files), dtype=torch.bool)
+        keep[unreadable] = False
+        images = images[keep]
     try:
         atomic_save({"images": images, "stamp": stamp}, cache)
     except OSError:
@@ -642,15 +659,52 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def new_run_folder(out_dir: str, method: str, dataset: str, args) -> Path:
-    """runs/<method>-<dataset>-<time>/ with args.json written."""
+def new_run_folder(out_dir: str, method: str, dataset: str, args, device=None) -> Path:
+    """runs/<method>-<dataset>-<time>/ with args.json written: the settings and their
+    provenance (commit, versions, device)."""
     name = f"{method}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder, suffix = Path(out_dir) / name, 1
     while folder.exists():  # two runs started in the same second
         folder, suffix = Path(out_dir) / f"{name}-{suffix}", suffix + 1
     folder.mkdir(parents=True)
-    (folder / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    record = {**dataclasses.asdict(args), "provenance": provenance(device)}
+    (folder / "args.json").write_text(json.dumps(record, indent=2))
     return folder
+
+
+def provenance(device=None) -> dict:
+    """Where a figure comes from: this project's git commit ("unknown" outside a checkout;
+    "+changes" when files differ from it), the packages' versions and the device."""
+    from importlib import metadata
+
+    def git(*argv):
+        try:
+            out = subprocess.run(["git", *argv], cwd=Path(__file__).parent, capture_output=True,
+                                 text=True, timeout=10)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if commit != "unknown" and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+changes"
+    versions = {}
+    for package in ("torch", "torchvision", "lpips", "pytorch-fid"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        models = [line.split(":", 1)[1].strip() for line in
+                  (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+                  if line.startswith("model name")]
+        name = f"{device.type}: {models[0] if models else platform.machine()}"
+    return {"git_commit": commit, "versions": versions, "device": name,
+            "python": platform.python_version()}
 
 
 def log_epoch(folder: Path, record: dict):
@@ -723,14 +777,15 @@ def off_paper(args: dict, paper: dict) -> list[str]:
                   if k not in NOT_A_SETTING and args.get(k) != v)
 
 
-def resume(args, given: set, method: str = ""):
-    """For --resume RUN_DIR: the run's own args (epochs, device and compile typed now win)
-    and its checkpoint (an error if another method wrote it)."""
+def resume(args, given: set, method: str = "", resumable=()):
+    """For --resume RUN_DIR: the run's own args (epochs, device, compile and the method's
+    `resumable` flags typed now win) and its checkpoint (an error if another method wrote it)."""
     checkpoint = load_checkpoint(args.resume, method=method)
-    ignored = sorted(given - set(RESUMABLE) - {"resume"})
+    resumable = set(RESUMABLE) | set(resumable)
+    ignored = sorted(given - resumable - {"resume"})
     if ignored:
         print(f"resuming: ignoring {flags(ignored)}; the run keeps its own settings")
-    stored = {**checkpoint["args"], **{k: getattr(args, k) for k in given & set(RESUMABLE)}}
+    stored = {**checkpoint["args"], **{k: getattr(args, k) for k in given & resumable}}
     if stored.get("schedule_epochs") == 0 and stored["epochs"] != checkpoint["args"]["epochs"]:
         stored["schedule_epochs"] = checkpoint["args"]["epochs"]  # the run's own schedule
     if stored.get("schedule_epochs"):
@@ -739,13 +794,14 @@ def resume(args, given: set, method: str = ""):
     return type(args)(**{**stored, "resume": args.resume}), checkpoint
 
 
-def start(args, given: set, method: str = ""):
+def start(args, given: set, method: str = "", resumable=()):
     """The opening of every training run: --resume, device (and processes), seed, data on
     the device. Returns (args, checkpoint or None, device, training images (this process's
-    shard under torchrun), 64 test images), images as uint8 [N, C, H, W]."""
+    shard under torchrun), 64 test images), images as uint8 [N, C, H, W]. A run whose args
+    hold `holdout` (iae_lde.py) trains without the last `holdout` training images."""
     checkpoint = None
     if args.resume:
-        args, checkpoint = resume(args, given, method)
+        args, checkpoint = resume(args, given, method, resumable)
     device = init_processes(args.device)
     rank, size = world()
     if args.batch_size % size:
@@ -758,6 +814,11 @@ def start(args, given: set, method: str = ""):
     load = lambda split: load_images(args.dataset, args.data_root, split, args.image_size,  # noqa
                                      args.crop)
     train_images, test_images = load("train"), load("test")[:64].to(device)
+    holdout = getattr(args, "holdout", 0)
+    if holdout >= len(train_images):
+        raise UserError(f"--holdout {holdout} leaves none of the {len(train_images)} "
+                        f"training images")
+    train_images = train_images[:len(train_images) - holdout]
     if args.batch_size > len(train_images):
         raise UserError(f"--batch-size {args.batch_size} is larger than the "
                         f"{len(train_images)} training images")
@@ -768,7 +829,9 @@ def open_run(method: str, args, checkpoint, model: nn.Module, optimizer) -> tupl
     """A new run folder, or the resumed run's folder with its model, optimizer and RNG
     state restored. Returns (folder, first epoch to train)."""
     if checkpoint is None:
-        folder = new_run_folder(args.out_dir, method, args.dataset, args) if is_main() else None
+        device = next(model.parameters()).device
+        folder = (new_run_folder(args.out_dir, method, args.dataset, args, device)
+                  if is_main() else None)
         folder, start_epoch = broadcast(folder), 0
     else:
         folder, start_epoch = Path(args.resume), checkpoint["epoch"] + 1
@@ -828,7 +891,7 @@ def save_test_reconstructions(model: nn.Module, test_images: torch.Tensor, folde
     """reconstructions.png of a backbone method: test images and sigmoid(D(E(x))), eval mode."""
     model.eval()
     x = test_images.float() / 255
-    reconstructions = torch.sigmoid(model.decoder(model.encoder(x)))
+    reconstructions = images_of(model, model.encoder(x))
     save_reconstructions(x, reconstructions, folder / "reconstructions.png")
 
 
@@ -909,11 +972,16 @@ def encode(run: Run, images: torch.Tensor) -> torch.Tensor:
     return run.model.encoder(images)
 
 
+def images_of(model: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+    """Codes [B, d] -> images [B, C, H, W] in [0, 1]: the sigmoid of the decoder's logits,
+    or the model's own images(codes) where it has one (iae_lde.py's tanh or sigmoid output)."""
+    return model.images(codes) if hasattr(model, "images") else torch.sigmoid(model.decoder(codes))
+
+
 @torch.no_grad()
 def decode(run: Run, codes: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Codes [B, d] -> images [B, C, H, W] in [0, 1], in batches."""
-    return torch.cat([torch.sigmoid(run.model.decoder(z)).float()
-                      for z in codes.split(batch_size)])
+    return torch.cat([images_of(run.model, z).float() for z in codes.split(batch_size)])
 
 
 def sample(run: Run, n: int, sampler: str = "gmm", seed: int = 0) -> torch.Tensor:
@@ -1073,3 +1141,28 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, batch: 
         return None, None
     real, fake = real.float(), fake.float()
     return covered(fake, real, radii(real)), covered(real, fake, radii(fake))
+
+
+def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100,
+                              subset_size: int = 1000, seed: int = 0):
+    """KID (Binkowski et al. 2018) as torch-fidelity computes it: on each of `subsets` random
+    pairs of subsets (m = subset_size images each, fewer when a set is smaller), the unbiased
+    MMD^2 with the kernel k(x, y) = (x . y / D + 1)^3 on the D-dim features:
+        (sum_{i != j} k(x_i, x_j) + sum_{i != j} k(y_i, y_j)) / (m (m - 1))
+        - 2 sum_{i, j} k(x_i, y_j) / m^2.
+    Returns (mean, std) over the subsets; None, None with fewer than 2 images in a set."""
+    m = min(subset_size, len(real), len(fake))
+    if m < 2:
+        return None, None
+    g = torch.Generator().manual_seed(seed)
+    real, fake = real.double(), fake.double()
+    kernel = lambda a, b: (a @ b.T / real.shape[1] + 1) ** 3  # noqa: E731
+    values = []
+    for _ in range(subsets):
+        x = real[torch.randperm(len(real), generator=g)[:m].to(real.device)]
+        y = fake[torch.randperm(len(fake), generator=g)[:m].to(fake.device)]
+        k_xx, k_yy = kernel(x, x), kernel(y, y)
+        within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum())
+        values.append(within / (m * (m - 1)) - 2 * kernel(x, y).sum() / m ** 2)
+    values = torch.stack(values)
+    return values.mean().item(), values.std(unbiased=False).item()

@@ -1,7 +1,9 @@
-"""Evaluate any run: FID, IS and precision / recall of every sampler, as one table.
+"""Evaluate runs: FID, KID, IS and precision / recall of every sampler, as one table.
 
     python eval.py RUN_DIR                       # 10,000 samples per sampler, test reference
+    python eval.py runs/dae-* runs/rae-* --json table.json     # one table for many runs
     python eval.py RUN_DIR --ref train --num-samples 50000 --save-samples samples/
+    python eval.py RUN_DIR --parzen              # Parzen log-likelihood (Yoo et al., Table 2)
     python eval.py --fid DIR_A DIR_B             # FID of two image folders (or .npz stats)
 
 One protocol for every method, so that the columns of the papers' tables can be compared:
@@ -20,14 +22,28 @@ One protocol for every method, so that the columns of the papers' tables can be 
     them with `python -m pytorch_fid FILE.npz OTHER`) and the features; the file name holds
     hashes of the reference images and of the Inception weights file, so statistics made with
     other weights (the tests' random ones, say) or other data are never read.
+  - KID as torch-fidelity: unbiased MMD^2 with the cubic polynomial kernel on the pool3
+    features, mean and std over 100 random subsets of 1,000 (fewer when there are fewer),
+    shown x 1000. Unbiased, so it stays meaningful for small smoke-test runs.
   - IS over 10 splits in order (mean and std); improved precision / recall with k = 3.
+  - A run's figures are kept in its metrics.json with what they were computed from (the
+    checkpoint's hash, the reference statistics' name, which holds the data's and the
+    weights' hashes, samples, seed, KID subsets); a later call with the same request reads
+    them instead of computing again, and any change computes afresh.
+  - --parzen: Yoo et al.'s Table 2 (after Goodfellow et al.): a Gaussian kernel density on
+    --parzen-samples generated images, its width chosen from 0.10, 0.11, .., 0.29 (the
+    official MNIST grid) on held-out training images (the run's --holdout; where it has none,
+    the last tenth of training, at most 10,000, which the model has seen), mean
+    log-likelihood of the test images (at most 10,000) +- standard error; MNIST's border
+    padding is cut off first, as the paper's images are 28x28.
 Figures from fewer than 2048 samples (the feature dimension) are biased and the table marks
 them as smoke tests. None of the papers ships its evaluation code; the reference
 implementations used TensorFlow's Inception, whose resize differs slightly from this one.
 
 Each method file exposes the functions this file calls: load_run(run_dir, device) ->
 common.Run, sample(run, n, sampler, seed), and where it has an encoder, encode(run, x) and
-decode(run, z); paper_fid(args, ref) gives the paper's figures to print beside ours.
+decode(run, z); paper_fid(args, ref) gives the paper's figures to print beside ours,
+paper_parzen(args, samples) the Parzen one.
 """
 from __future__ import annotations
 
@@ -46,16 +62,22 @@ from common import arg
 
 @dataclass
 class Args:
-    run: str = arg("", "run folder to evaluate", positional=True)
+    runs: list[str] = arg([], "run folders to evaluate, one table for all (runs/* works)",
+                          positional=True)
     num_samples: int = arg(10000, "generated images per sampler (and REC / Interp)", low=2)
-    ref: str = arg("test", "reference split for FID and precision / recall",
+    ref: str = arg("test", "reference split for FID, KID and precision / recall",
                    choices=("test", "train"))
     samplers: list[str] = arg([], "samplers to evaluate; [] means all the run offers")
     data_root: str = arg("", "data folder of the reference images; empty: the run's own")
     batch_size: int = arg(250, "images per generation / Inception batch", low=1)
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
-    seed: int = arg(0, "seed of the samples and of the test pairs")
+    seed: int = arg(0, "seed of the samples, the test pairs and the KID subsets")
+    kid_subsets: int = arg(100, "KID: random subsets averaged", low=1)
+    kid_subset_size: int = arg(1000, "KID: images per subset (fewer if fewer)", low=2)
     save_samples: str = arg("", "also write the generated images as PNG files here")
+    json: str = arg("", "also write the table, every run and column, to this JSON file")
+    parzen: bool = arg(False, "the Parzen-window log-likelihood of the test images instead")
+    parzen_samples: int = arg(10000, "--parzen: generated images in the kernel density", low=1)
     fid: list[str] = arg([], "two image folders or .npz files: print their FID and stop")
 
 
@@ -80,7 +102,8 @@ def reference(net, run_args: dict, data_root: str, split: str, n: int, batch_siz
     device = net.fc_weight.device
     if cache.exists():
         with np.load(cache) as stored:
-            return {k: torch.from_numpy(stored[k]).to(device) for k in ("features", "mu", "sigma")}
+            return {"name": cache.name, **{k: torch.from_numpy(stored[k]).to(device)
+                                           for k in ("features", "mu", "sigma")}}
     features, _ = common.inception_outputs(
         net, (x.float() / 255 for x in images.split(batch_size)),
         math.ceil(len(images) / batch_size), f"reference {split}")
@@ -88,7 +111,7 @@ def reference(net, run_args: dict, data_root: str, split: str, n: int, batch_siz
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, mu=mu.cpu().numpy(), sigma=sigma.cpu().numpy(),
              features=features.float().cpu().numpy())
-    return {"features": features, "mu": mu, "sigma": sigma}
+    return {"name": cache.name, "features": features, "mu": mu, "sigma": sigma}
 
 
 # ----------------------------------------------------------------------------------------
@@ -132,74 +155,161 @@ def interpolated(method, run, test: torch.Tensor, n: int, args: Args):
 # ----------------------------------------------------------------------------------------
 
 
-def score(net, batches, total: int, ref: dict, desc: str) -> dict:
+def score(net, batches, total: int, ref: dict, desc: str, args: Args) -> dict:
     features, logits = common.inception_outputs(net, batches, total, desc)
     mu, sigma = common.gaussian_stats(features)
     is_mean, is_std = common.inception_score(logits)
     precision, recall = common.precision_recall(ref["features"], features)
+    kid_mean, kid_std = common.kernel_inception_distance(
+        ref["features"], features, args.kid_subsets, args.kid_subset_size, args.seed)
     fid = common.frechet_distance(ref["mu"], ref["sigma"], mu, sigma, ref["root"])
-    return {"fid": fid, "n": len(features),
+    return {"fid": fid, "n": len(features), "kid_mean": kid_mean, "kid_std": kid_std,
             "is_mean": is_mean, "is_std": is_std, "precision": precision, "recall": recall}
 
 
-def table(columns: dict, paper: dict, smoke: bool) -> str:
-    names = list(columns)
-    header = "| | " + " | ".join(("N(0,I)" if c == "normal" else c.upper() if len(c) <= 3
-                                  else c.capitalize()) for c in names) + " |"
-    rows = [header, "|---" * (len(names) + 1) + "|"]
-    cell = lambda value, fmt: "-" if value is None else format(value, fmt)  # noqa: E731
-    rows.append("| FID | " + " | ".join(cell(columns[c]["fid"], ".2f") for c in names) + " |")
-    if paper:
-        rows.append("| paper FID | " + " | ".join(cell(paper.get(c), ".2f") for c in names) + " |")
-    rows.append("| IS | " + " | ".join(f"{columns[c]['is_mean']:.2f} ± {columns[c]['is_std']:.2f}"
-                                       for c in names) + " |")
-    for key in ("precision", "recall"):
-        rows.append(f"| {key} | " + " | ".join(cell(columns[c][key], ".3f") for c in names) + " |")
-    if smoke:
-        rows.append("\nfewer than 2048 samples: biased figures, for smoke tests only")
-    return "\n".join(rows)
-
-
-def evaluate(args: Args):
-    method = common.method_of(args.run)
-    name = method.__name__
-    device = common.pick_device(args.device)
-    run = method.load_run(args.run, device)
+def evaluate(run_dir: str, args: Args, net=None) -> dict:
+    """Every column of one run (REC, each sampler, Interp), as written to its metrics.json;
+    read from there when that was computed for the same request."""
+    method, device = common.method_of(run_dir), common.pick_device(args.device)
+    run = method.load_run(run_dir, device)
     samplers = args.samplers or list(run.samplers)
     unknown = sorted(set(samplers) - set(run.samplers))
     if unknown:
-        raise common.UserError(f"the run has no sampler {', '.join(unknown)}; it offers "
+        raise common.UserError(f"{run_dir} has no sampler {', '.join(unknown)}; it offers "
                                f"{', '.join(run.samplers) or 'none (training did not finish)'}")
     data_root = args.data_root or run.args["data_root"]
-    net = common.Inception().to(device)
+    net = net or common.Inception().to(device)
     ref = reference(net, run.args, data_root, args.ref, args.num_samples, args.batch_size)
+    n, encoder = args.num_samples, hasattr(method, "encode")
+    request = {"checkpoint": common.file_digest(Path(run_dir) / common.CHECKPOINT),
+               "reference": ref["name"], "num_samples": n, "seed": args.seed,
+               "kid": [args.kid_subsets, args.kid_subset_size]}
+    wanted = (["rec"] if encoder else []) + samplers + (["interp"] if encoder else [])
+    stored = Path(run_dir) / "metrics.json"
+    if stored.is_file():
+        old = json.loads(stored.read_text())
+        if old.get("request") == request and set(wanted) <= set(old["columns"]):
+            print(f"{run_dir}: figures read from its metrics.json (same request)")
+            return {**old, "columns": {c: old["columns"][c] for c in wanted}}
     ref["root"] = common.psd_sqrt(ref["sigma"])  # once for every column
-    n, steps = args.num_samples, len(chunks(args.num_samples, args.batch_size))
+    steps = len(chunks(n, args.batch_size))
     columns = {}
-    encoder = hasattr(method, "encode")
     if encoder:
         test = common.load_images(run.args["dataset"], data_root, "test", run.args["image_size"],
                                   run.args["crop"])[:n].to(device)
         columns["rec"] = score(net, reconstructed(method, run, test, args.batch_size),
-                               math.ceil(len(test) / args.batch_size), ref, "REC")
+                               math.ceil(len(test) / args.batch_size), ref, "REC", args)
     for sampler in samplers:
         save_dir = Path(args.save_samples) / sampler if args.save_samples else None
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)
         columns[sampler] = score(net, generated(method, run, sampler, n, args, save_dir), steps,
-                                 ref, sampler)
+                                 ref, sampler, args)
     if encoder:
         columns["interp"] = score(net, interpolated(method, run, test, n, args), steps, ref,
-                                  "Interp")
+                                  "Interp", args)
     paper = method.paper_fid(run.args, args.ref) if hasattr(method, "paper_fid") else {}
     smoke = min(c["n"] for c in columns.values()) < 2048 or len(ref["features"]) < 2048
-    metrics = {"method": name, "ref": args.ref, "num_samples": n, "smoke_test": smoke,
-               "columns": columns, "paper_fid": paper}
-    (Path(args.run) / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"{name} run {args.run}: FID against the {args.ref} split "
-          f"({len(ref['features'])} images), {n} samples per column\n")
-    print(table(columns, paper, smoke))
+    metrics = {"method": method.__name__, "ref": args.ref, "num_samples": n, "smoke_test": smoke,
+               "reference_images": len(ref["features"]), "columns": columns,
+               "paper_fid": paper, "request": request, "provenance": common.provenance(device)}
+    stored.write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+# ----------------------------------------------------------------------------------------
+# Parzen-window log-likelihood (Yoo et al.'s Table 2)
+# ----------------------------------------------------------------------------------------
+
+PARZEN_SIGMAS = torch.arange(10, 30) / 100  # 0.10, 0.11, .., 0.29: the official MNIST grid
+
+
+def parzen_log_likelihood(samples, points, sigmas, batch_size: int = 200) -> torch.Tensor:
+    """log p(x) under the Gaussian kernel density on samples [S, D], for each width sigma:
+    log p(x) = logsumexp_s(-||x - s||^2 / (2 sigma^2)) - log S - (D/2) log(2 pi sigma^2).
+    points [N, D] -> [len(sigmas), N], float64."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)[:, None, None]  # [W, 1, 1]
+    n, dim = samples.shape
+    rows = []
+    for x in points.split(batch_size):
+        dist2 = torch.cdist(x.double(), samples.double()) ** 2  # [b, S]
+        rows.append(torch.logsumexp(-dist2 / (2 * sigmas ** 2), dim=2) - math.log(n)
+                    - dim / 2 * torch.log(2 * math.pi * sigmas[..., 0] ** 2))
+    return torch.cat(rows, dim=1)
+
+
+def parzen(run_dir: str, args: Args) -> dict:
+    """The Parzen protocol for every sampler of a run: width by validation, test mean +- s.e."""
+    method = common.method_of(run_dir)
+    run = method.load_run(run_dir, common.pick_device(args.device))
+    a, root = run.args, args.data_root or run.args["data_root"]
+    train_images = common.load_images(a["dataset"], root, "train", a["image_size"], a["crop"])
+    holdout = a.get("holdout", 0)
+    valid = (train_images[len(train_images) - holdout:] if holdout else
+             train_images[-min(10000, len(train_images) // 10):])
+    test = common.load_images(a["dataset"], root, "test", a["image_size"], a["crop"])[:10000]
+    cut = 2 if a["dataset"] == "mnist" else 0  # back to MNIST's own 28x28
+
+    def flat(images):  # [N, C, S, S] in [0, 1] -> [N, D]
+        return images[..., cut:images.shape[-1] - cut, cut:images.shape[-1] - cut].flatten(1).cpu()
+    columns, n = {}, args.parzen_samples
+    for name in args.samplers or run.samplers:
+        samples = torch.cat([flat(method.sample(run, min(500, n - i), name, args.seed + i))
+                             for i in range(0, n, 500)])  # [n, D]
+        best = parzen_log_likelihood(samples, flat(valid.float() / 255),
+                                     PARZEN_SIGMAS).mean(1).argmax()
+        ll = parzen_log_likelihood(samples, flat(test.float() / 255),
+                                   PARZEN_SIGMAS[best:best + 1])[0]  # [N] at the chosen width
+        columns[name] = {"log_likelihood": ll.mean().item(), "sigma": PARZEN_SIGMAS[best].item(),
+                         "standard_error": (ll.std() / math.sqrt(len(ll))).item()}
+    paper = method.paper_parzen(a, n) if hasattr(method, "paper_parzen") else ""
+    common.log_epoch(Path(run_dir), {"parzen": columns, "samples": n})
+    return {"method": method.__name__, "columns": columns, "paper": paper}
+
+
+# ----------------------------------------------------------------------------------------
+# The table: a row per run and column
+# ----------------------------------------------------------------------------------------
+
+
+def cell(value, fmt: str, spread=None) -> str:
+    if value is None:
+        return "-"
+    return format(value, fmt) + ("" if spread is None else " ± " + format(spread, fmt))
+
+
+def label(column: str) -> str:
+    return "N(0,I)" if column == "normal" else column.upper() if len(column) <= 3 else \
+        column.capitalize()
+
+
+def table(results: dict) -> str:
+    """Markdown: one row per (run, column); the paper's FID where the run's setting is the
+    paper's, '-' elsewhere."""
+    rows = ["| run | method | column | FID | paper FID | KID x 10^3 | IS | precision | recall |",
+            "|---" * 9 + "|"]
+    for run_dir, m in results.items():
+        for column, c in m["columns"].items():
+            kid = [None if v is None else 1000 * v for v in (c["kid_mean"], c["kid_std"])]
+            rows.append(f"| {Path(run_dir).name} | {m['method']} | {label(column)} | "
+                        f"{cell(c['fid'], '.2f')} | {cell(m['paper_fid'].get(column), '.2f')} | "
+                        f"{cell(kid[0], '.2f', kid[1])} | {cell(c['is_mean'], '.2f', c['is_std'])}"
+                        f" | {cell(c['precision'], '.3f')} | {cell(c['recall'], '.3f')} |")
+    if any(m["smoke_test"] for m in results.values()):
+        rows.append("\nfewer than 2048 samples or reference images in some rows: biased FID "
+                    "and precision / recall, for smoke tests only (KID is unbiased)")
+    return "\n".join(rows)
+
+
+def parzen_table(results: dict) -> str:
+    rows = ["| run | method | sampler | log-likelihood (nats) | sigma | paper |", "|---" * 6 + "|"]
+    for run_dir, m in results.items():
+        for name, c in m["columns"].items():
+            paper = m["paper"] if name == "lde" else ""
+            rows.append(f"| {Path(run_dir).name} | {m['method']} | {label(name)} | "
+                        f"{c['log_likelihood']:.1f} ± {c['standard_error']:.1f} | "
+                        f"{c['sigma']:.2f} | {paper or '-'} |")
+    return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------------------
@@ -238,10 +348,21 @@ def main(args: Args, given: set):
         stats = [folder_stats(net, path, args.batch_size) for path in args.fid]
         stats = [[t.cpu() for t in pair] for pair in stats]  # a .npz file's are on the CPU
         print(f"FID: {common.frechet_distance(*stats[0], *stats[1]):.4f}")
-    elif args.run:
-        evaluate(args)
+        return None
+    if not args.runs:
+        raise common.UserError("give run folders (python eval.py RUN_DIR ...) or --fid A B")
+    if args.parzen:
+        results = {run: parzen(run, args) for run in args.runs}
+        print(parzen_table(results))
     else:
-        raise common.UserError("give a run folder (python eval.py RUN_DIR) or --fid A B")
+        net = common.Inception().to(common.pick_device(args.device))
+        results = {run: evaluate(run, args, net) for run in args.runs}
+        print(f"FID, KID and precision / recall against the {args.ref} split, "
+              f"{args.num_samples} samples per column\n")
+        print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

@@ -3,89 +3,102 @@
 Paper: "Unprioritized autoencoder" (ICIP 2020; arXiv 1902.04294, "Density Estimation and
 Incremental Learning of Latent Vector for Generative Autoencoders"), J. Yoo, H. Lee and
 N. Kwak, https://arxiv.org/abs/1902.04294
-Official code: https://github.com/yoojy31/unpriortized-autoencoder
+Official code: https://github.com/yoojy31/unpriortized-autoencoder (HEAD and 53753c9)
 
-The method, in two stages. Stage one trains a deterministic, fully convolutional autoencoder
-whose code grows during training: at first only its first dimension reaches the decoder,
-the others multiplied by zero, and the number of active dimensions rises linearly to all d
-over W epochs (Sec. 3.4), so that the first dimensions learn the most salient factors. The
-loss is pixel MSE plus a small perceptual loss (Eq. 5). Stage two freezes the encoder and
-fits an autoregressive density to its codes (Sec. 3.3): p(z) = prod_i p(z_i | z_<i), each
-factor a mixture of K Gaussians whose parameters come from dilated causal 1-D convolutions
-over the code dimensions (Fig. 4). New images are decoded samples of that density, drawn
-one dimension at a time. The LDE is offered as the sampler `lde` next to the ex-post N(0, I),
-MVG and GMM, and `--fit-lde RUN` fits it to the codes of any run of this project.
+Stage one trains a deterministic, fully convolutional autoencoder whose code grows: the
+decoder sees only the first a_t code dimensions, the rest multiplied by zero, and a_t rises
+linearly to all d over W epochs (Sec. 3.4), so that the first dimensions learn the most
+salient factors; the loss is pixel MSE plus a small perceptual loss (Eq. 5). Stage two
+freezes the encoder and fits an autoregressive density to its codes (Sec. 3.3), each
+factor a mixture of K Gaussians computed by dilated causal 1-D convolutions over the code
+(Fig. 4); new images are decoded samples of it, drawn one dimension at a time. The LDE is
+the sampler `lde` beside the ex-post N(0, I), MVG and GMM; `--fit-lde RUN` fits it to the
+codes of any run of this project.
 
 Key equations:
     z = E(x) * m_t,  m_t = (1 .. 1, 0 .. 0) with a_t = min(d, int(d e_t / W + 1)) ones,
         e_t the fractional epoch; no mask after training                       Sec. 3.4
-    L_AE = MSE(x, D(z)) + beta * L_Perc(x, D(z)),  beta = 0.1                  Eq. (5)
+    L_AE = MSE(x, D(z)) + beta * L_Perc(x, D(z))                               Eq. (5)
         L_Perc = 0.5 sum_l MSE(phi_l(x), phi_l(x_hat)), VGG19 relu1_1, relu2_1, conv3_1
     p(z) = prod_i p(z_i | z_<i)                                                Eq. (2)
     p(z_i | z_<i) = sum_k pi_ik N(z_i; mu_ik, sigma_ik^2)                     Eq. (3)
         pi = softmax, mu linear, sigma = exp, all from h_i, which sees z_<i only (Fig. 4)
     L_z = -(1/d) sum_i log p(z_i | z_<i)                                       Eq. (4)
 
-Reproduce (the paper reports images and Parzen log-likelihoods, no FID):
-    MNIST, Table 2 (d 8, W 96, no perceptual loss; the official LDE used epoch 390):
-        python iae_lde.py --dataset mnist --epochs 390
-        python iae_lde.py --parzen runs/iae_lde-mnist-<time>     # paper: 326 +- 2 nats
-    AE + LDE (no incremental learning), any data set: add --warmup-epochs 0
-    CIFAR-10 (d 256, W 128, perceptual 0.1; official LDE at epoch 250):
-        python iae_lde.py --dataset cifar10 --epochs 250
-    CelebA 64x64 (d 100, W 100; official LDE at epoch 150), Fig. 5 and 6:
-        python iae_lde.py --dataset celeba --data-root DATA --epochs 150
-    The LDE on another run, then its FID:  python iae_lde.py --fit-lde runs/dae-cifar10-<time>
-        python eval.py runs/dae-cifar10-<time> --samplers lde gmm
+Reproduce (every per-data-set setting defaults to the official scripts', PER_DATASET):
+    MNIST, Table 2 (Parzen log-likelihood; paper 326 +- 2 nats):
+        python iae_lde.py --dataset mnist && python eval.py runs/iae_lde-mnist-<time> --parzen
+    CIFAR-10: --dataset cifar10; CelebA 64x64 (Fig. 5, 6): --dataset celeba --data-root DATA
+    AE + LDE (no incremental learning): add --warmup-epochs 0
+    The LDE on another run:  python iae_lde.py --fit-lde runs/dae-cifar10-<time>
 
 Deviations and choices (where the paper is silent we follow the official code, [C]):
   - Autoencoder [C]: DCGAN-style, no fully connected layer: channels 64, 128, 256(, 512)
-    to a 4x4 map, a conv to the 1x1 code; the decoder mirrors it (its first ConvT without
-    BN or activation), tanh output on images in [-1, 1]. Orthogonal conv init, zero
-    biases, BN weights from N(0, 0.02) (mean 0, sic). The decoder module returns 2y for the
-    tanh pre-activation y, the logit of the same image in [0, 1] ((tanh(y) + 1) / 2 =
-    sigmoid(2y)), so the shared sigmoid-based helpers (grids, eval.py) show the tanh output.
-  - MNIST is 32x32 here (zero-padded, as in every file of this project): one more stride-2
-    layer than the official 28-px model; the Parzen estimate cuts the border off again.
-  - Schedules, d, W and the perceptual weight per data set as the official scripts [C]
-    (Args and OFFICIAL below; folder and fake take CIFAR's, digits MNIST's).
-  - Perceptual loss [C]: the third layer is conv3_1 before its ReLU (the paper says
-    relu3_1); ImageNet normalisation; grey repeated to RGB. Only VGG19's first 11 feature
-    layers are built, loaded from torchvision's ImageNet file (vgg19-dcbb9e9d.pth).
+    to a 4x4 map, a conv to the 1x1 code, the decoder its mirror (first ConvT without BN or
+    activation); orthogonal conv init, zero biases, BN weights from N(0, 0.02). Output [C]:
+    tanh on images in [-1, 1] (ae00: CIFAR-10, CelebA), sigmoid on [0, 1] (ae02: MNIST,
+    and digits), the MSE taken on that range.
+  - MNIST is 32x32 (zero-padded, as everywhere here): one more stride-2 layer and a 4x4 last
+    kernel where the official 28-px model has a 7x7 one; Parzen cuts the border off again.
+    Training uses the first 55,000 images, the last 5,000 choose the Parzen width (official
+    split_dataset.sh: 55k / 5k after an unseeded shuffle); digits holds out its last 150.
+  - Per data set [C]: d, W, beta, K, output and epochs of the official scripts, epochs being
+    the checkpoint the official LDE was fitted on (MNIST 390, CIFAR-10 250, CelebA 150).
+    CIFAR-10's was ae00(mse1.0)-(mwup128) under armdn00(50): no perceptual loss and K = 50
+    (train_armdn.sh, 53753c9), where the paper names beta = 0.1 and K = 30. digits takes
+    MNIST's settings, folder and fake CIFAR-10's.
+  - CelebA: a 140 centre crop resized to 64 (ours; the official align-crop-128 images were
+    made offline with a crop box the repository does not give).
+  - Perceptual loss [C]: conv3_1 before its ReLU (the paper says relu3_1), ImageNet
+    normalisation, grey repeated to RGB; torchvision's VGG19 file, first 11 layers.
   - LDE [C]: ceil(log2 d) blocks Conv1d(kernel 2, dilation 2^i) -> BatchNorm1d ->
-    LeakyReLU(0.2), channels 16, 32, ... capped at 1024 (the official list stops after 7
-    layers; d = 256 needs 8), a 1x1 conv to 3K, N(0, 0.02) init. In training mode its BN
-    pools statistics over all positions, the zeros included [C]; in eval mode it is exactly
-    causal. The NLL uses logsumexp, not the official log(density + 1e-12); the codes are
-    encoded once (eval mode, no flips), not per batch [equivalent].
-  - Sampling [C]: z_i drawn from its mixture given z_<i, i = 1 .. d, temperature 1.
-  - Parzen window (Table 2; Goodfellow et al.'s protocol): a Gaussian kernel on 10,000
-    samples, its width chosen from 10 values log-spaced over [0.1, 1] on a validation set
-    (the last tenth of the training split, at most 10,000 images, which the autoencoder
-    has seen), mean log-likelihood of the test images +- standard error.
-  - Under torchrun (README, "Several GPUs") the active-dimension schedule is the same in
-    every process; stage two, the LDE, runs in rank 0 alone (its codes are small), and
-    --fit-lde and --parzen take one process.
+    LeakyReLU(0.2) of 16, 32, 64, .. channels (armdn00's list ends at 4096, i.e. d <= 512;
+    beyond, ours keeps doubling), a 1x1 conv to 3K, N(0, 0.02) init. The head's channels
+    are read as (pi, mu, sigma), the paper's order; the official code reads (mu, sigma, pi)
+    [equivalent: identically initialised channels relabelled]. In training mode its BN pools
+    statistics over all positions, the zero pad included [C]; in eval mode it is exactly
+    causal. logsumexp, not log(density + 1e-12); codes encoded once (eval mode, no flips).
+  - Sampling [C]: z_i from its mixture given z_<i, i = 1 .. d, temperature 1.
+  - LDE against the ex-post GMM (test-code NLL, nats per code; README "LDE against GMM"):
+    which wins depends on the number of codes and the length of the fit. On 1,500 CIFAR-10
+    codes (d 32) after 30 LDE epochs the LDE wins (2.6 against the GMM's 4.3, which
+    overfits); after 1,000 epochs it has memorised them (42.5; -29.4 on its own codes), as
+    on digits' 1,350 codes, where the GMM wins. On all 50,000 codes after 30 epochs the GMM
+    wins (-0.17 against 0.55, the LDE still underfitting); the official 200 epochs on 55k
+    or more codes, the paper's setting, are measured in the README.
+  - Under torchrun the active-dimension schedule is the same in every process; stage two
+    runs in rank 0 alone (its codes are small); --fit-lde takes one process.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.transforms import Normalize
 
 import common
 from common import arg
 
-# (latent dim d, warm-up epochs W, perceptual weight) of the official scripts [C]
-OFFICIAL = {"mnist": (8, 96, 0.0), "cifar10": (256, 128, 0.1), "celeba": (100, 100, 0.1)}
-OFFICIAL.update(digits=OFFICIAL["mnist"], folder=OFFICIAL["cifar10"], fake=OFFICIAL["cifar10"])
-PAPER_PARZEN = {"mnist": "AE + LDE 326 +- 2, IAE + LDE 326 +- 2 nats (28x28, d 8)"}  # Table 2
+# The official scripts' settings per data set [C]; main() applies them to every flag not typed.
+PER_DATASET = {
+    "mnist": dict(latent_dim=8, warmup_epochs=96, perc_weight=0.0, components=30,
+                  output="sigmoid", holdout=5000, epochs=390),
+    "cifar10": dict(latent_dim=256, warmup_epochs=128, perc_weight=0.0, components=50,
+                    output="tanh", holdout=0, epochs=250),
+    "celeba": dict(latent_dim=100, warmup_epochs=100, perc_weight=0.1, components=30,
+                   output="tanh", holdout=0, epochs=150),
+}
+PER_DATASET.update(digits={**PER_DATASET["mnist"], "holdout": 150},
+                   folder=PER_DATASET["cifar10"], fake=PER_DATASET["cifar10"])
+PAPER_PARZEN = "326 +- 2 nats, AE + LDE and IAE + LDE alike (Table 2; 28x28, ours 32x32)"
+LDE_SETTINGS = ("components", "lde_epochs", "lde_batch_size", "lde_lr", "lde_lr_drops")
 LDE_FILE = "lde_checkpoint.pt"  # stage two's progress, so that an interrupted fit continues
 
 
@@ -97,24 +110,30 @@ class Args:
     crop: int = arg(0, "centre crop before resizing; 0: 140 for celeba, none otherwise", low=0)
     flip: bool = arg(False, "random horizontal flips (the official code uses none)")
     filters: int = arg(64, "width of the first conv; doubles per stride-2 layer", low=1)
-    latent_dim: int = arg(-1, "code size d; -1: official (MNIST 8, CIFAR-10 256, CelebA 100)",
-                          low=-1)
-    warmup_epochs: float = arg(-1, "W, epochs until all d dims are active; 0: plain AE; -1: "
-                               "official (96, 128, 100)", low=-1)
-    perc_weight: float = arg(-1, "beta of Eq. (5); -1: official (0.1, 0 for MNIST)", low=-1)
-    epochs: int = arg(200, "autoencoder epochs", low=1)
+    # The defaults of the next seven are CIFAR-10's; other data sets get their own (PER_DATASET).
+    latent_dim: int = arg(256, "code size d (default shown: CIFAR-10's; MNIST 8, CelebA 100)",
+                          low=1)
+    warmup_epochs: float = arg(128, "W, epochs until all d dims are active, 0: a plain AE "
+                               "(default shown: CIFAR-10's; MNIST 96, CelebA 100)", low=0)
+    perc_weight: float = arg(0.0, "beta of Eq. (5) (default shown: CIFAR-10's and MNIST's; "
+                             "CelebA 0.1)", low=0)
+    output: str = arg("tanh", "decoder output: tanh on [-1, 1] or sigmoid on [0, 1] (default "
+                      "shown: CIFAR-10's, CelebA's; MNIST, digits sigmoid)",
+                      choices=("tanh", "sigmoid"))
+    holdout: int = arg(0, "last training images kept out of training to choose the Parzen "
+                       "width (default shown: CIFAR-10's; MNIST 5000, digits 150)", low=0)
+    epochs: int = arg(250, "autoencoder epochs (default shown: CIFAR-10's; MNIST 390, CelebA "
+                      "150)", low=1)
+    components: int = arg(50, "K, Gaussians per dimension in the LDE (default shown: "
+                          "CIFAR-10's; MNIST, CelebA 30)", low=1)
     batch_size: int = arg(128, "autoencoder batch size", low=1)
     lr: float = arg(1e-3, "Adam learning rate of the autoencoder", low=0)
     lr_drops: list[int] = arg([20, 50, 100, 200], "epochs at which the lr halves", low=0)
-    components: int = arg(30, "K, Gaussians per dimension in the LDE", low=1)
-    lde_max_channels: int = arg(1024, "widest LDE layer (channels 16, 32, ... up to it)", low=2)
     lde_epochs: int = arg(200, "LDE epochs", low=1)
     lde_batch_size: int = arg(128, "LDE batch size", low=1)
     lde_lr: float = arg(2e-4, "Adam learning rate of the LDE", low=0)
     lde_lr_drops: list[int] = arg([15, 35, 60, 100], "epochs at which the LDE lr halves", low=0)
     fit_lde: str = arg("", "only stage two: fit the LDE on the codes of this run (any method)")
-    parzen: str = arg("", "only evaluate: Parzen log-likelihood of every sampler of this run")
-    parzen_samples: int = arg(10000, "generated images for the Parzen window", low=1)
     gmm_components: int = arg(10, "components of the ex-post GMM", low=1)
     seed: int = arg(0, "seed of initialisation, batch order and samplers")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
@@ -125,27 +144,7 @@ class Args:
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
 
-def official(args: Args) -> Args:
-    """The -1 settings replaced by the official per-data-set values."""
-    d, warmup, perc = OFFICIAL[args.dataset]
-    return Args(**{**vars(args), "latent_dim": d if args.latent_dim < 0 else args.latent_dim,
-                   "warmup_epochs": warmup if args.warmup_epochs < 0 else args.warmup_epochs,
-                   "perc_weight": perc if args.perc_weight < 0 else args.perc_weight})
-
-
-# ----------------------------------------------------------------------------------------
-# Stage one: the autoencoder with an incrementally growing code (Sec. 3.4, Eq. 5)
-# ----------------------------------------------------------------------------------------
-
-
-class ConvEncoder(nn.Sequential):
-    def forward(self, x):  # [B, C, S, S] in [0, 1]
-        return super().forward(x * 2 - 1).flatten(1)  # [B, d]
-
-
-class ConvDecoder(nn.Sequential):
-    def forward(self, z):  # [B, d]
-        return 2 * super().forward(z[:, :, None, None])  # [B, C, S, S]: 2y, y pre-tanh
+# -- Stage one: the autoencoder with an incrementally growing code (Sec. 3.4, Eq. 5) -------
 
 
 class IAE(nn.Module):
@@ -156,16 +155,22 @@ class IAE(nn.Module):
         if downs < 1 or kernel * 2 ** downs != image_size:
             raise common.UserError(f"images of side {image_size} do not halve down to 4..7 "
                                    f"pixels; use --image-size 32 or 64")
+        self.low = -1.0 if args.output == "tanh" else 0.0  # the model's range is [low, 1]
         widths = [args.filters * 2 ** i for i in range(downs)]  # 64, 128, 256 (, 512)
-        down = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2)]
-        up = [nn.ConvTranspose2d(args.latent_dim, widths[-1], kernel, 1, 0)]  # no BN, no act
+        to_range = Normalize([0.5] * channels, [0.5] * channels) if self.low else nn.Identity()
+        down = [to_range,  # images in [0, 1] -> the model's range: 2x - 1 (tanh) or x
+                nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2)]
+        up = [nn.Unflatten(1, (args.latent_dim, 1, 1)),  # [B, d] -> [B, d, 1, 1]
+              nn.ConvTranspose2d(args.latent_dim, widths[-1], kernel, 1, 0)]  # no BN, no act
         for small, big in zip(widths, widths[1:]):
             down += [nn.Conv2d(small, big, 4, 2, 1), nn.BatchNorm2d(big), nn.LeakyReLU(0.2)]
         for big, small in zip(widths[::-1], widths[::-1][1:]):
             up += [nn.ConvTranspose2d(big, small, 4, 2, 1), nn.BatchNorm2d(small),
                    nn.LeakyReLU(0.2)]
-        self.encoder = ConvEncoder(*down, nn.Conv2d(widths[-1], args.latent_dim, kernel))
-        self.decoder = ConvDecoder(*up, nn.ConvTranspose2d(widths[0], channels, 4, 2, 1))
+        self.encoder = nn.Sequential(*down, nn.Conv2d(widths[-1], args.latent_dim, kernel),
+                                     nn.Flatten())  # [B, C, S, S] in [0, 1] -> [B, d]
+        self.decoder = nn.Sequential(*up, nn.ConvTranspose2d(widths[0], channels, 4, 2, 1),
+                                     nn.Tanh() if self.low else nn.Sigmoid())  # in [low, 1]
         for m in self.modules():  # official init
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.orthogonal_(m.weight)
@@ -177,7 +182,10 @@ class IAE(nn.Module):
     def forward(self, x, active: int):  # x [B, C, S, S] in [0, 1]
         z = self.encoder(x)  # [B, d]
         z = z * (torch.arange(z.shape[1], device=z.device) < active)  # Sec. 3.4 mask m_t
-        return self.decoder(z), z  # logits [B, C, S, S], masked codes [B, d]
+        return self.decoder(z), z  # output [B, C, S, S] in [low, 1], masked codes [B, d]
+
+    def images(self, z):  # codes [B, d] -> images [B, C, S, S] in [0, 1]
+        return (self.decoder(z) - self.low) / (1 - self.low)
 
 
 def active_dims(latent_dim: int, warmup_epochs: float, epoch: int, step: int, steps: int):
@@ -212,33 +220,31 @@ class Perceptual(nn.Module):
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         self.requires_grad_(False).eval()
 
-    def features(self, x):  # x [B, C, H, W] in [-1, 1]
-        h = ((x.expand(-1, 3, -1, -1) + 1) / 2 - self.mean) / self.std
-        outputs = []
+    def features(self, x):  # x [B, C, H, W] in [0, 1] -> the three layers' features
+        h, outputs = (x.expand(-1, 3, -1, -1) - self.mean) / self.std, []
         for layers in self.slices:
-            h = layers(h)
-            outputs.append(h)
+            outputs.append(h := layers(h))
         return outputs
 
-    def forward(self, output, target):  # images in [-1, 1]
+    def forward(self, output, target):  # images in [0, 1]
         with torch.no_grad():
             target_features = self.features(target)
         return 0.5 * sum(F.mse_loss(a, b) for a, b in zip(self.features(output), target_features))
 
 
-def autoencoder_loss(logits, x, perceptual, perc_weight: float) -> torch.Tensor:
-    """Eq. (5) on images in [-1, 1]: x_hat = tanh(y) = tanh(logits / 2)."""
-    output, target = torch.tanh(logits.float() / 2), x * 2 - 1
+def autoencoder_loss(output, x, low: float, perceptual, perc_weight: float) -> torch.Tensor:
+    """Eq. (5): output in the model's range [low, 1], images x in [0, 1]."""
+    output, target = output.float(), x * (1 - low) + low  # the data in [low, 1]
     loss = F.mse_loss(output, target)
     if perc_weight > 0:
-        loss = loss + perc_weight * perceptual(output, target)
+        loss = loss + perc_weight * perceptual((output - low) / (1 - low), x)
     return loss
 
 
 def train(args: Args, given: set):
     """Stage one; ends with the ex-post N(0, I), MVG and GMM. Returns (folder, args)."""
-    args, checkpoint, device, train_images, test_images = common.start(args, given, "iae_lde")
-    args = official(args)
+    args, checkpoint, device, train_images, test_images = common.start(
+        args, given, "iae_lde", resumable=LDE_SETTINGS)
     data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
     model = IAE(args, *data_shape).to(device)
     perceptual = Perceptual().to(device) if args.perc_weight > 0 else None
@@ -262,8 +268,8 @@ def train(args: Args, given: set):
         for step, x in enumerate(bar):
             active = active_dims(args.latent_dim, args.warmup_epochs, epoch, step, steps)
             with common.autocast(device):
-                logits, _ = forward(x, active)
-                loss = autoencoder_loss(logits, x, perceptual, args.perc_weight)
+                output, _ = forward(x, active)
+                loss = autoencoder_loss(output, x, model.low, perceptual, args.perc_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -284,30 +290,27 @@ def train(args: Args, given: set):
     return folder, args
 
 
-# ----------------------------------------------------------------------------------------
-# Stage two: the latent density estimator (Sec. 3.3, Fig. 4, Eq. 2-4)
-# ----------------------------------------------------------------------------------------
+# -- Stage two: the latent density estimator (Sec. 3.3, Fig. 4, Eq. 2-4) -------------------
 
 
 class LDE(nn.Module):
-    def __init__(self, latent_dim: int, components: int = 30, max_channels: int = 1024):
+    def __init__(self, latent_dim: int, components: int):
         super().__init__()
-        self.latent_dim, self.components, self.max_channels = latent_dim, components, max_channels
+        self.latent_dim, self.components = latent_dim, components
         layers = math.ceil(math.log2(latent_dim))  # dilations 1, 2, .., 2^(layers-1)
         self.pad = 2 ** layers  # P zeros: the receptive field, P >= d
-        widths = [2] + [min(16 * 2 ** i, max_channels) for i in range(layers)]
+        self.widths = [2] + [16 * 2 ** i for i in range(layers)]  # armdn00's 2, 16, 32, ..
         blocks = []
-        for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        for i, (a, b) in enumerate(zip(self.widths, self.widths[1:])):
             blocks += [nn.Conv1d(a, b, 2, dilation=2 ** i), nn.BatchNorm1d(b), nn.LeakyReLU(0.2)]
         self.causal = nn.Sequential(*blocks)
-        self.head = nn.Conv1d(widths[-1], 3 * components, 1)  # the mixture density network
+        self.head = nn.Conv1d(self.widths[-1], 3 * components, 1)  # the mixture density network
         for m in self.modules():
             if isinstance(m, nn.Conv1d):
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 nn.init.zeros_(m.bias)
 
     def forward(self, z):  # z [B, n], n <= d: the first n code dimensions
-        n = z.shape[1]
         values = F.pad(z, (self.pad, 0))[:, :-1]  # [B, P + n - 1]: zeros p, z without its last
         mask = (torch.arange(values.shape[1], device=z.device) >= self.pad).to(z.dtype)
         h = torch.stack([values, mask.expand_as(values)], 1)  # [B, 2, P + n - 1]: (z, m)
@@ -324,10 +327,11 @@ def mixture_nll(log_pi, mu, log_sigma, z) -> torch.Tensor:
 
 
 class LDESampler:
-    """The LDE as a latent sampler, like common.LatentSampler: sample, log_prob, state."""
+    """The LDE as a latent sampler, like common.LatentSampler: sample, log_prob, state;
+    `settings` says how it was fitted."""
 
-    def __init__(self, lde: LDE):
-        self.lde = lde.eval()
+    def __init__(self, lde: LDE, settings: dict):
+        self.lde, self.settings = lde.eval(), settings
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, device="cpu") -> torch.Tensor:
@@ -349,42 +353,38 @@ class LDESampler:
                           for z in codes.float().to(device).split(1000)])
 
     def state_dict(self) -> dict:
-        lde = self.lde
-        return {"module": "iae_lde", "latent_dim": lde.latent_dim, "components": lde.components,
-                "max_channels": lde.max_channels, "weights": lde.state_dict()}
-
-    @classmethod
-    def from_state(cls, state: dict) -> LDESampler:
-        lde = LDE(state["latent_dim"], state["components"], state["max_channels"])
-        lde.load_state_dict(state["weights"])
-        return cls(lde)
+        return {"module": "iae_lde", "latent_dim": self.lde.latent_dim,
+                "components": self.lde.components, "settings": self.settings,
+                "weights": self.lde.state_dict()}
 
 
 def sampler_from_state(state: dict) -> LDESampler:
     """What common.samplers_from_state calls for a stored LDE (its state names this file)."""
-    return LDESampler.from_state(state)
-
-
-LDE_SETTINGS = ("components", "lde_max_channels", "lde_batch_size", "lde_lr", "lde_lr_drops",
-                "seed")
+    lde = LDE(state["latent_dim"], state["components"])
+    lde.load_state_dict(state["weights"])
+    return LDESampler(lde, state.get("settings", {}))
 
 
 def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, source: int = 0):
     """Eq. (4) by Adam on the codes [N, d]; continues from folder/LDE_FILE when that holds
-    the same settings and codes from the same `source` (the encoder's epoch)."""
+    a fit of the same settings, on codes of the same `source` (the encoder's epoch), that
+    has not gone past --lde-epochs."""
     torch.manual_seed(args.seed)
-    lde = LDE(codes.shape[1], args.components, args.lde_max_channels).to(device)
+    lde = LDE(codes.shape[1], args.components).to(device)
     optimizer = torch.optim.Adam(lde.parameters(), lr=args.lde_lr, betas=(0.5, 0.999))
-    settings = {"latent_dim": codes.shape[1], "source": source,
-                **{k: getattr(args, k) for k in LDE_SETTINGS}}
+    settings = {"latent_dim": codes.shape[1], "source": source, "seed": args.seed,
+                **{k: getattr(args, k) for k in LDE_SETTINGS if k != "lde_epochs"}}
     start = 0
     if (folder / LDE_FILE).exists():
         saved = torch.load(folder / LDE_FILE, map_location=device, weights_only=True)
-        if saved["settings"] == settings:
+        if saved["settings"] == settings and saved["epoch"] <= args.lde_epochs:
             lde.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             start = saved["epoch"]
             print(f"continuing the LDE after its epoch {start}")
+        else:
+            print(f"fitting the LDE afresh: {LDE_FILE} holds a fit of other settings or of "
+                  f"{saved['epoch']} epochs, more than --lde-epochs {args.lde_epochs}")
     if args.lde_batch_size > len(codes):
         raise common.UserError(f"--lde-batch-size {args.lde_batch_size} is larger than the "
                                f"{len(codes)} codes")
@@ -395,8 +395,7 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, source: int
             group["lr"] = lr
         lde.train()
         started, loss_sum = time.time(), torch.zeros((), device=device)
-        g = common.epoch_generator(args.seed, epoch)
-        order = torch.randperm(len(codes), generator=g).to(device)
+        order = torch.randperm(len(codes), generator=common.epoch_generator(args.seed, epoch))
         for step in common.progress(range(steps), desc=f"LDE epoch {epoch + 1}/{args.lde_epochs}"):
             z = codes[order[step * args.lde_batch_size:(step + 1) * args.lde_batch_size]]
             loss = mixture_nll(*lde(z), z).mean()  # Eq. (4), also averaged over the batch
@@ -410,36 +409,35 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, source: int
                                   "lr": lr, "seconds": time.time() - started})
         common.atomic_save({"settings": settings, "epoch": epoch + 1, "model": lde.state_dict(),
                             "optimizer": optimizer.state_dict()}, folder / LDE_FILE)
-    return LDESampler(lde)
-
-
-def open_any_run(run_dir: str, args: Args, given: set):
-    """A run of any method (its own load_run) and a loader of its data splits (uint8, CPU;
-    --data-root when typed, else the run's own). Returns (method, run, device, load)."""
-    method, device = common.method_of(run_dir), common.pick_device(args.device)
-    run = method.load_run(run_dir, device)
-    a, root = run.args, args.data_root if "data_root" in given else run.args["data_root"]
-    return method, run, device, lambda split: common.load_images(
-        a["dataset"], root, split, a["image_size"], a["crop"])
+    return LDESampler(lde, {**settings, "lde_epochs": args.lde_epochs})
 
 
 def fit_lde(run_dir: str, args: Args, given: set):
-    """Stage two on any run with an encoder: encode its data, fit the LDE, store it in the
-    run's checkpoint as the sampler `lde`, write samples_lde.png and compare the samplers'
+    """Stage two on any run with an encoder: encode its data (the images it trained on;
+    --data-root when typed, else the run's own), fit the LDE, store it in the run's
+    checkpoint as the sampler `lde`, write samples_lde.png and compare the samplers'
     negative log-likelihood of the test codes."""
-    method, run, device, load = open_any_run(run_dir, args, given)
+    method, device = common.method_of(run_dir), common.pick_device(args.device)
     if not hasattr(method, "encode"):
         raise common.UserError(f"{run_dir} is a {method.__name__} run, which has no encoder; "
                                f"the LDE needs codes")
+    run = method.load_run(run_dir, device)
+    a, root = run.args, args.data_root if "data_root" in given else run.args["data_root"]
+    load = lambda split: common.load_images(a["dataset"], root, split, a["image_size"],  # noqa
+                                            a["crop"]).to(device)
+    images = {"train": load("train")[:-a.get("holdout", 0) or None], "test": load("test")}
     folder = Path(run_dir)
-    codes = {split: common.encode_all(lambda x: method.encode(run, x), load(split).to(device))
+    codes = {split: common.encode_all(lambda x: method.encode(run, x), images[split])
              for split in ("train", "test")}  # [N, d] each
     print(f"stage two: the LDE on {len(codes['train'])} codes of dimension "
           f"{codes['train'].shape[1]}")
     state = common.load_checkpoint(run_dir)
+    if "lde" in run.samplers:
+        old = run.samplers["lde"].settings
+        print("replacing the run's LDE (" + (", ".join(f"{k} {old[k]}" for k in LDE_SETTINGS
+                                                      if k in old) or "settings unknown") + ")")
     run.samplers["lde"] = train_lde(codes["train"], args, folder, device, state["epoch"])
-    state["samplers"]["lde"] = run.samplers["lde"].state_dict()
-    common.atomic_save(state, folder / common.CHECKPOINT)
+    common.save_samplers(state, run.samplers, folder / common.CHECKPOINT)
     common.save_grid(method.sample(run, 64, "lde", args.seed), folder / "samples_lde.png")
     nll = {name: -sampler.log_prob(codes["test"]).mean().item()
            for name, sampler in run.samplers.items()}
@@ -449,50 +447,7 @@ def fit_lde(run_dir: str, args: Args, given: set):
     return nll
 
 
-# ----------------------------------------------------------------------------------------
-# Parzen-window log-likelihood (Table 2) and the functions eval.py calls
-# ----------------------------------------------------------------------------------------
-
-
-def parzen_log_likelihood(samples, points, sigmas, batch_size: int = 200) -> torch.Tensor:
-    """log p(x) under the Gaussian kernel density on samples [S, D], for each width sigma:
-    log p(x) = logsumexp_s(-||x - s||^2 / (2 sigma^2)) - log S - (D/2) log(2 pi sigma^2).
-    points [N, D] -> [len(sigmas), N], float64."""
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)[:, None, None]  # [W, 1, 1]
-    n, dim = samples.shape
-    rows = []
-    for x in points.split(batch_size):
-        dist2 = torch.cdist(x.double(), samples.double()) ** 2  # [b, S]
-        rows.append(torch.logsumexp(-dist2 / (2 * sigmas ** 2), dim=2) - math.log(n)
-                    - dim / 2 * torch.log(2 * math.pi * sigmas[..., 0] ** 2))
-    return torch.cat(rows, dim=1)
-
-
-def parzen(run_dir: str, args: Args, given: set) -> dict:
-    """Table 2's protocol for every sampler of a run: width by validation, test mean +- s.e."""
-    method, run, _, load = open_any_run(run_dir, args, given)
-    train_images, test = load("train"), load("test")[:10000]
-    valid = train_images[-min(10000, len(train_images) // 10):]
-    cut = 2 if run.args["dataset"] == "mnist" else 0  # back to MNIST's own 28x28
-
-    def flat(images):  # [N, C, S, S] in [0, 1] -> [N, D]
-        return images[..., cut:images.shape[-1] - cut, cut:images.shape[-1] - cut].flatten(1).cpu()
-    sigmas = torch.logspace(-1, 0, 10)
-    results = {}
-    for name in run.samplers:
-        n = args.parzen_samples
-        samples = torch.cat([flat(method.sample(run, min(500, n - i), name, args.seed + i))
-                             for i in range(0, n, 500)])  # [n, D]
-        best = parzen_log_likelihood(samples, flat(valid.float() / 255), sigmas).mean(1).argmax()
-        ll = parzen_log_likelihood(samples, flat(test.float() / 255), sigmas[best:best + 1])[0]
-        results[name] = {"log_likelihood": ll.mean().item(), "sigma": sigmas[best].item(),
-                         "standard_error": (ll.std() / math.sqrt(len(ll))).item()}
-        print(f"{name}: {results[name]['log_likelihood']:.1f} +- "
-              f"{results[name]['standard_error']:.1f} nats (sigma {sigmas[best]:.3f})")
-    if run.args["dataset"] in PAPER_PARZEN:
-        print(f"paper (Table 2): {PAPER_PARZEN[run.args['dataset']]}")
-    common.log_epoch(Path(run_dir), {"parzen": results, "samples": args.parzen_samples})
-    return results
+# -- Sampling (the shared one: codes from a sampler, decoded) and the paper's figure -------
 
 
 def load_run(run_dir: str, device: str = "cpu") -> common.Run:
@@ -500,27 +455,40 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
     return common.load_run(run_dir, device, lambda args, shape: IAE(Args(**args), *shape))
 
 
-# The autoencoder's decoder gives logits of [0, 1] images, so the shared functions apply.
-encode, decode, sample = common.encode, common.decode, common.sample
+encode, decode, sample = common.encode, common.decode, common.sample  # decode: IAE.images
+
+
+def paper_parzen(run_args: dict, samples: int) -> str:
+    """Table 2's figure, which eval.py --parzen prints beside ours for a run with the
+    official MNIST settings and 10,000 samples; empty for any other run."""
+    paper = dataclasses.asdict(with_dataset_defaults(Args(dataset="mnist"), set()))
+    return PAPER_PARZEN if samples == 10000 and not common.off_paper(run_args, paper) else ""
+
+
+def with_dataset_defaults(args: Args, given: set, run_args: dict | None = None) -> Args:
+    """The official per-data-set settings (PER_DATASET) for every flag not typed; with
+    `run_args` (--fit-lde), the LDE settings of that run instead, where it has them."""
+    dataset = run_args["dataset"] if run_args else args.dataset
+    defaults = {**PER_DATASET[dataset], **(run_args or {})}
+    names = LDE_SETTINGS + ("seed",) if run_args else tuple(PER_DATASET[dataset])
+    return dataclasses.replace(args, **{k: defaults[k] for k in names
+                                        if k in defaults and k not in given})
 
 
 def main(args: Args, given: set):
-    if args.fit_lde and args.parzen:
-        raise common.UserError("give --fit-lde or --parzen, not both")
-    if (args.fit_lde or args.parzen) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise common.UserError("--fit-lde and --parzen run in one process: start them with "
-                               "python, not torchrun")
-    if args.parzen:
-        parzen(args.parzen, args, given)
-    elif args.fit_lde:
-        fit_lde(args.fit_lde, args, given)
-    else:
-        folder, args = train(args, given)
-        rank = common.world()[0]
-        common.end_processes()  # under torchrun, stage two runs in rank 0 alone
-        if rank == 0:
-            fit_lde(str(folder), args, given | {f.name for f in fields(Args)})
-        print(f"done: grids, log.jsonl and checkpoint in {folder}")
+    if args.fit_lde:  # K and the LDE schedule: typed, else the run's own, else its data set's
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise common.UserError("--fit-lde runs in one process: start it with python")
+        args = with_dataset_defaults(args, given, common.load_checkpoint(args.fit_lde)["args"])
+        return fit_lde(args.fit_lde, args, given)
+    if not args.resume:  # d, W, beta, K, output, holdout and epochs of the official scripts
+        args = with_dataset_defaults(args, given)
+    folder, args = train(args, given)
+    rank = common.world()[0]
+    common.end_processes()  # under torchrun, stage two runs in rank 0 alone
+    if rank == 0:
+        fit_lde(str(folder), args, {"data_root"})
+    print(f"done: grids, log.jsonl and checkpoint in {folder}")
 
 
 if __name__ == "__main__":

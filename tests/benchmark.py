@@ -117,20 +117,23 @@ def build(method: str, device, small: bool) -> Step:
     if method == "iae":
         import iae_lde as I
 
-        args = I.official(I.Args(filters=16 if small else 64, batch_size=32 if small else 128))
+        args = I.with_dataset_defaults(I.Args(dataset="cifar10", filters=16 if small else 64,
+                                              batch_size=32 if small else 128),
+                                       {"filters", "batch_size"})  # CIFAR-10's official
         model = I.IAE(args, 3, 32).to(device)
-        perceptual = pretrained(I.Perceptual)[1].to(device)
+        perceptual = pretrained(I.Perceptual)[1].to(device) if args.perc_weight else None
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.999))
         return Step(model, optimizer, lambda: images(args.batch_size),
                     lambda m, x: m(x, args.latent_dim),
-                    lambda out, x: I.autoencoder_loss(out[0], x, perceptual, args.perc_weight),
+                    lambda out, x: I.autoencoder_loss(out[0], x, model.low, perceptual,
+                                                      args.perc_weight),
                     images=args.batch_size, protocol=(args.epochs, CIFAR_TRAIN))
     if method == "lde":
         import iae_lde as I
 
-        args = I.official(I.Args())
+        args = I.with_dataset_defaults(I.Args(dataset="cifar10"), set())
         d = 16 if small else args.latent_dim
-        model = I.LDE(d, args.components, args.lde_max_channels).to(device)
+        model = I.LDE(d, args.components).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lde_lr, betas=(0.5, 0.999))
         codes = lambda: torch.randn(args.lde_batch_size, d, device=device, generator=g)  # noqa
         return Step(model, optimizer, codes, lambda m, z: m(z),
@@ -282,7 +285,7 @@ def eval_section(device, small: bool, n: int) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     started = time.perf_counter()
     batches = eval_module.generated(dae, run, "normal", n, args, None)
-    scores = eval_module.score(net, batches, math.ceil(n / args.batch_size), ref, "column")
+    scores = eval_module.score(net, batches, math.ceil(n / args.batch_size), ref, "column", args)
     sync()
     column_s = time.perf_counter() - started
     print(f"\n| eval.py, one column, {device} ({weights} Inception) | samples | seconds |\n"

@@ -89,8 +89,8 @@ def test_training_sampling_eval_and_resume_on_the_gpu(weights, tmp_path):
         codes = torch.cat([run.model.encoder(x.float() / 255) for x in train_images.split(500)])
     torch.testing.assert_close(run.samplers["mvg"].means[0].float(), codes.mean(0).cpu(),
                                rtol=0, atol=1e-5)
-    metrics = eval_module.evaluate(eval_module.Args(run=str(folder), num_samples=64,
-                                                    batch_size=32, device="cuda"))
+    metrics = eval_module.evaluate(str(folder), eval_module.Args(num_samples=64, batch_size=32,
+                                                                 device="cuda"))
     assert all(torch.isfinite(torch.tensor(c["fid"])) for c in metrics["columns"].values())
     dae.train(dae.Args(resume=str(folder), epochs=2), {"resume", "epochs"})
     log = log_records(folder)

@@ -33,6 +33,27 @@ def test_folder_with_splits(tmp_path):
     assert train[2, :, 10, 10].tolist() == [20, 200, 30]  # a flat colour survives resizing
 
 
+def test_files_that_are_not_images_are_skipped_with_a_count(tmp_path):
+    """A text file or a truncated JPEG named .jpg is left out, with one warning that counts
+    the skipped files and names the first; a folder of nothing but such files is an error."""
+    for i in range(4):
+        write_image(tmp_path / "train" / f"{i}.png", (32, 32), (50 * i, 0, 0))
+    (tmp_path / "train" / "1b.jpg").write_text("not an image")
+    good = tmp_path / "train" / "2b.jpg"
+    write_image(good, (32, 32), (0, 0, 0))
+    good.write_bytes(good.read_bytes()[:40])  # truncated
+    write_image(tmp_path / "test" / "0.png", (32, 32), (0, 0, 0))
+    with pytest.warns(UserWarning, match=r"skipped 2 of 6 files .* \(the first: .*1b\.jpg\)"):
+        train = common.load_images("folder", tmp_path, "train")
+    assert train[:, 0, 0, 0].tolist() == [0, 50, 100, 150]  # 0, 1, 2, 3.png in order
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "bad" / "test").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bad" / "train").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bad" / "train" / name).write_text("text")
+    with pytest.raises(common.UserError, match=r"none of the 2 image files .*a\.jpg"):
+        common.load_images("folder", tmp_path / "bad", "train")
+
+
 def test_flat_folder_holds_out_every_tenth(tmp_path):
     for i in range(20):
         write_image(tmp_path / "a" / f"{i:02d}.png", (32, 32), (i, i, i))

@@ -1,12 +1,16 @@
 """eval.py and the evaluation helpers of common.py, offline: the real pytorch-fid loading
 code runs on random-initialised Inception weights put where its loader looks."""
 import json
+import math
 import re
+import sys
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import stats
 
 import common
 import eval as eval_module
@@ -130,20 +134,140 @@ def dae_run(tmp_path_factory):
 
 
 def test_eval_writes_the_table_and_metrics(dae_run, weights, tmp_path, capsys):
-    args = eval_module.Args(run=str(dae_run), num_samples=3, batch_size=2, device="cpu",
+    args = eval_module.Args(runs=[str(dae_run)], num_samples=3, batch_size=2, device="cpu",
                             samplers=["gmm"], save_samples=str(tmp_path / "samples"))
-    metrics = eval_module.evaluate(args)
+    metrics = eval_module.main(args, set())[str(dae_run)]
     out = capsys.readouterr().out
     assert list(metrics["columns"]) == ["rec", "gmm", "interp"]
     for column in metrics["columns"].values():
         assert column["n"] == 3 and np.isfinite(column["fid"]) and column["fid"] >= 0
         assert 1.0 <= column["is_mean"] and column["precision"] is None  # 3 <= k samples
+        assert np.isfinite(column["kid_mean"]) and column["kid_std"] >= 0
     assert metrics["smoke_test"] is True
-    assert json.loads((dae_run / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
-    header = next(line for line in out.splitlines() if line.startswith("| |"))
-    assert re.sub(r"\s", "", header) == "||REC|GMM|Interp|"
+    stored = json.loads((dae_run / "metrics.json").read_text())
+    assert stored == json.loads(json.dumps(metrics))
+    assert stored["provenance"]["git_commit"]
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert re.sub(r"\s", "", rows[0]) == \
+        "|run|method|column|FID|paperFID|KIDx10^3|IS|precision|recall|"
+    assert [row.split("|")[3].strip() for row in rows[1:]] == ["REC", "GMM", "Interp"]
+    gmm = metrics["columns"]["gmm"]
+    assert rows[2].split("|")[6].strip() == \
+        f"{1000 * gmm['kid_mean']:.2f} ± {1000 * gmm['kid_std']:.2f}"  # KID x 10^3
     assert "smoke tests only" in out
     assert len(list((tmp_path / "samples" / "gmm").glob("*.png"))) == 3
+
+
+def test_metrics_are_reused_only_for_the_same_request(dae_run, weights, monkeypatch, capsys):
+    """A second call with the same request reads metrics.json; other samples, or a changed
+    checkpoint, compute afresh."""
+    args = eval_module.Args(runs=[str(dae_run)], num_samples=3, batch_size=3, device="cpu",
+                            samplers=["gmm"])
+    first = eval_module.evaluate(str(dae_run), args)
+    real_score = eval_module.score
+    monkeypatch.setattr(eval_module, "score", lambda *a: pytest.fail("computed again"))
+    again = eval_module.evaluate(str(dae_run), args)
+    assert again["columns"] == first["columns"] and "read from" in capsys.readouterr().out
+    monkeypatch.setattr(eval_module, "score", real_score)
+    calls = []
+    monkeypatch.setattr(eval_module, "score", lambda *a: calls.append(a) or real_score(*a))
+    eval_module.evaluate(str(dae_run), eval_module.Args(**{**vars(args), "num_samples": 4}))
+    assert len(calls) == 3
+    state = torch.load(dae_run / "checkpoint.pt", weights_only=True)
+    state["epoch"] += 0  # the same content written anew is the same checkpoint
+    torch.save({**state, "note": "changed"}, dae_run / "checkpoint.pt")
+    eval_module.evaluate(str(dae_run), eval_module.Args(**{**vars(args), "num_samples": 4}))
+    assert len(calls) == 6
+
+
+def test_one_table_for_several_runs(dae_run, weights, tmp_path, capsys):
+    """python eval.py RUN_A RUN_B --json FILE: one table, a row per run and column."""
+    import vae
+
+    other = train(vae, tmp_path, dataset="digits", filters=4, latent_dim=4, epochs=1,
+                  batch_size=64, gmm_components=2)
+    out_json = tmp_path / "table.json"
+    with mock.patch.object(sys, "argv", ["eval.py", str(dae_run), str(other), "--num-samples",
+                                         "3", "--samplers", "gmm", "--device", "cpu",
+                                         "--json", str(out_json)]):
+        common.cli(eval_module.main, eval_module.Args, eval_module.__doc__)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    names = [(row.split("|")[1].strip(), row.split("|")[3].strip()) for row in rows[1:]]
+    assert names == [(dae_run.name, c) for c in ("REC", "GMM", "Interp")] + \
+        [(other.name, c) for c in ("REC", "GMM", "Interp")]
+    table = json.loads(out_json.read_text())
+    assert [m["method"] for m in table.values()] == ["dae", "vae"]
+
+
+def kid_by_loops(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with k(a, b) = (a.b / D + 1)^3, written out pair by pair."""
+    m, d = len(x), x.shape[1]
+    k = lambda a, b: (a @ b / d + 1) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
+    return xx / (m * (m - 1)) + yy / (m * (m - 1)) - 2 * xy / m ** 2
+
+
+def test_kid_is_the_unbiased_polynomial_mmd():
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(12, 5, generator=g), torch.randn(12, 5, generator=g) + 0.7
+    mean, std = common.kernel_inception_distance(real, fake, subsets=3, subset_size=12)
+    assert mean == pytest.approx(kid_by_loops(real.numpy().astype(np.float64),
+                                              fake.numpy().astype(np.float64)), rel=1e-9)
+    assert std == pytest.approx(0, abs=1e-12)  # every subset is the whole set
+    # Subsets of 6: each value is the loop formula on some 6 of each; their mean and std.
+    mean, std = common.kernel_inception_distance(real, fake, subsets=4, subset_size=6, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    values = []
+    for _ in range(4):
+        a = real[torch.randperm(12, generator=gen)[:6]].double().numpy()
+        b = fake[torch.randperm(12, generator=gen)[:6]].double().numpy()
+        values.append(kid_by_loops(a, b))
+    assert mean == pytest.approx(np.mean(values)) and std == pytest.approx(np.std(values))
+    # Unbiased: two samples of one distribution average to 0; a shift is positive.
+    same = [common.kernel_inception_distance(torch.randn(200, 5, generator=g),
+                                             torch.randn(200, 5, generator=g), 1, 200)[0]
+            for _ in range(20)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(20)
+    assert common.kernel_inception_distance(real, real + 1, 1, 12)[0] > 0
+    assert common.kernel_inception_distance(real[:1], fake) == (None, None)
+
+
+def test_parzen_of_one_sample_is_a_gaussian():
+    centre, points, sigma = torch.randn(1, 5), torch.randn(7, 5), 0.3
+    got = eval_module.parzen_log_likelihood(centre, points, [sigma, 1.0])
+    expected = stats.multivariate_normal(centre[0].numpy(), sigma ** 2 * np.eye(5)).logpdf(points)
+    assert got.shape == (2, 7)
+    assert np.allclose(got[0].numpy(), expected)
+
+
+def test_parzen_of_a_gaussian_matches_its_closed_form():
+    """Kernel width sigma on many samples of N(m, s^2 I) tends to N(m, (s^2 + sigma^2) I)."""
+    g = torch.Generator().manual_seed(0)
+    mean, s, sigma = torch.tensor([1.0, -0.5]), 0.7, 0.4
+    samples = mean + s * torch.randn(100_000, 2, generator=g)
+    points = mean + s * torch.randn(200, 2, generator=g)  # where the samples are dense
+    got = eval_module.parzen_log_likelihood(samples, points, [sigma])[0].numpy()
+    expected = stats.multivariate_normal(mean.numpy(), (s ** 2 + sigma ** 2) * np.eye(2)
+                                         ).logpdf(points)
+    assert np.abs(got - expected).max() < 0.06 and abs(got.mean() - expected.mean()) < 0.01
+
+
+def test_parzen_widths_are_the_official_grid():
+    """eval_gen_img.py (53753c9): np.arange(0.1, 0.3, 0.01) for MNIST."""
+    assert np.allclose(eval_module.PARZEN_SIGMAS.numpy(), np.arange(0.1, 0.3, 0.01))
+
+
+def test_parzen_of_every_sampler(dae_run, capsys):
+    args = eval_module.Args(runs=[str(dae_run)], parzen=True, parzen_samples=40, device="cpu")
+    result = eval_module.main(args, set())[str(dae_run)]
+    scores = result["columns"]
+    assert set(scores) == {"normal", "mvg", "gmm"} and result["paper"] == ""
+    assert all(math.isfinite(s["log_likelihood"]) and s["standard_error"] > 0
+               and 0.1 <= s["sigma"] <= 0.29 for s in scores.values())
+    assert json.loads((dae_run / "log.jsonl").read_text().splitlines()[-1])["parzen"] == scores
+    assert "log-likelihood (nats)" in capsys.readouterr().out
 
 
 def test_reference_statistics_are_those_of_the_reference_split(weights, tmp_path):
@@ -236,4 +360,25 @@ def test_bad_input(dae_run, weights, tmp_path, capsys):
     last = error(dae_run, "--num-samples", "1")
     assert "--num-samples" in last and "at least 2" in last
     assert "two folders" in error("--fid", tmp_path)
-    assert "give a run folder" in error()
+    assert "give run folders" in error()
+
+
+def test_parzen_width_is_chosen_on_the_held_out_images(dae_run, monkeypatch):
+    """With --holdout N in the run (iae_lde.py on MNIST: 5,000), the width is chosen on the
+    last N training images, never seen in training, and the test split is scored."""
+    import dae
+
+    loaded = dae.load_run  # the DAE run, as if it had held out its last 150 digits
+    monkeypatch.setattr(dae, "load_run", lambda run_dir, device: loaded(run_dir, device)._replace(
+        args={**loaded(run_dir, device).args, "holdout": 150}))
+    seen = []
+    real = eval_module.parzen_log_likelihood
+    monkeypatch.setattr(eval_module, "parzen_log_likelihood",
+                        lambda samples, points, sigmas: seen.append(points) or
+                        real(samples, points, sigmas))
+    eval_module.parzen(str(dae_run), eval_module.Args(samplers=["gmm"], parzen_samples=20,
+                                                      device="cpu"))
+    train_images = common.load_images("digits", "", "train")
+    torch.testing.assert_close(seen[0], train_images[1350:].float().flatten(1) / 255)
+    torch.testing.assert_close(seen[1], common.load_images("digits", "", "test").float()
+                               .flatten(1) / 255)

@@ -1,5 +1,7 @@
-"""iae_lde.py: the LDE's causality and likelihood, the incremental code, the perceptual
-loss, the Parzen estimate, and both stages end to end with eval.py."""
+"""iae_lde.py: the LDE's causality, widths and likelihood, the incremental code, the two
+decoder outputs, the perceptual loss, the per-data-set settings, and both stages end to end
+(--fit-lde and --resume with their own LDE settings)."""
+import json
 import math
 import os
 from unittest import mock
@@ -56,7 +58,8 @@ def test_nll_is_minus_log_of_the_mixture_density():
     density = (pi * stats.norm.pdf(z.double().numpy()[..., None], mu, sigma)).sum(-1)
     assert np.allclose(nll, -np.log(density), rtol=1e-4, atol=1e-4)
     # Eq. (2): the sampler's log p(z) is the sum over the dimensions.
-    assert np.allclose(I.LDESampler(lde).log_prob(z).numpy(), -nll.sum(1), rtol=1e-4, atol=1e-4)
+    assert np.allclose(I.LDESampler(lde, {}).log_prob(z).numpy(), -nll.sum(1), rtol=1e-4,
+                       atol=1e-4)
 
 
 def known_mixture(n: int, seed: int):
@@ -116,15 +119,54 @@ def test_an_interrupted_lde_fit_continues_exactly(tmp_path, capsys):
     I.train_lde(codes, I.Args(**{**vars(args), "lde_epochs": 3, "lde_lr": 1e-3}), tmp_path / "c",
                 cpu, source=4)
     assert "continuing" not in capsys.readouterr().out
+    # Fewer epochs than the stored fit: a fit of that length, not the longer one.
+    shorter = I.train_lde(codes, one_epoch, tmp_path / "a", cpu)
+    assert "afresh" in capsys.readouterr().out and shorter.settings["lde_epochs"] == 1
+    (tmp_path / "d").mkdir()
+    one = I.train_lde(codes, one_epoch, tmp_path / "d", cpu)
+    for a, b in zip(shorter.lde.state_dict().values(), one.lde.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_head_channels_are_pi_mu_sigma():
+    """The 3K head channels are read in the paper's order: K mixture logits, K means, K log
+    standard deviations (what a stored LDE's weights mean)."""
+    lde = I.LDE(4, 3).eval()
+    torch.nn.init.zeros_(lde.head.weight)
+    bias = torch.tensor([0.1, 0.5, -0.2, 1.0, 2.0, 3.0, -1.0, 0.0, 0.3])
+    with torch.no_grad():
+        lde.head.bias.copy_(bias)
+        log_pi, mu, log_sigma = lde(torch.randn(2, 4))  # [2, 4, 3] each
+    torch.testing.assert_close(log_pi[0, 0], bias[:3].log_softmax(0))
+    torch.testing.assert_close(mu[1, 3], bias[3:6])
+    torch.testing.assert_close(log_sigma[1, 2], bias[6:])
 
 
 def test_stored_lde_sampler_round_trips():
-    """Through a checkpoint's sampler states, as eval.py loads it (narrowed widths too)."""
+    """Through a checkpoint's sampler states, as eval.py loads it, with how it was fitted."""
     torch.manual_seed(0)
-    lde = I.LDE(7, 3, max_channels=32).eval()
-    restored = common.samplers_from_state({"lde": I.LDESampler(lde).state_dict()})["lde"]
-    assert isinstance(restored, I.LDESampler)
-    assert torch.equal(restored.sample(20, seed=2), I.LDESampler(lde).sample(20, seed=2))
+    lde = I.LDE(7, 3).eval()
+    sampler = I.LDESampler(lde, {"components": 3, "lde_epochs": 9})
+    restored = common.samplers_from_state({"lde": sampler.state_dict()})["lde"]
+    assert isinstance(restored, I.LDESampler) and restored.settings == sampler.settings
+    assert torch.equal(restored.sample(20, seed=2), sampler.sample(20, seed=2))
+
+
+# armdn00.py's channel list: input (value, mask), then one entry per dilated block.
+OFFICIAL_NFS = (2, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@pytest.mark.parametrize("d", [8, 64, 256])
+def test_lde_widths_are_the_official_ones(d):
+    """ceil(log2 d) dilated blocks with armdn00's widths (2048 channels for d = 256), then
+    the 1x1 head to 3K channels."""
+    lde = I.LDE(d, 5)
+    convs = [m for m in lde.modules() if isinstance(m, torch.nn.Conv1d)]
+    blocks = math.ceil(math.log2(d))
+    expected = OFFICIAL_NFS[:blocks + 1] + (15,)
+    assert [convs[0].in_channels] + [c.out_channels for c in convs] == list(expected)
+    assert [c.dilation[0] for c in convs[:-1]] == [2 ** i for i in range(blocks)]
+    assert convs[-1].kernel_size == (1,) and lde.pad == 2 ** blocks
 
 
 def test_active_dims_schedule():
@@ -158,23 +200,47 @@ def test_masked_dims_reach_the_decoder_as_zeros():
     assert torch.equal(I.encode(run, x), full) and torch.all(full != 0)
 
 
-def test_decoder_output_is_the_official_tanh_image():
-    """The official decoder ends in tanh(y), y its last transposed conv's output, on images
-    in [-1, 1]: decode gives (tanh(y) + 1) / 2 in [0, 1] and Eq. (5)'s MSE compares tanh(y)
-    with 2x - 1."""
+@pytest.mark.parametrize("output", ["tanh", "sigmoid"])
+def test_decoder_output_and_loss_range(output):
+    """ae00 ends in tanh(y) on images in [-1, 1], ae02 in sigmoid(y) on images in [0, 1] (y
+    the last transposed conv's output): decode gives the image in [0, 1] and Eq. (5)'s MSE
+    is taken in the model's own range, so tanh's is 4 times the [0, 1] MSE."""
     torch.manual_seed(0)
-    model = I.IAE(I.Args(filters=8, latent_dim=6), 3, 32).eval()
+    model = I.IAE(I.Args(filters=8, latent_dim=6, output=output), 3, 32).eval()
     last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
     outputs = []
-    last.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    last.register_forward_hook(lambda module, inputs, out: outputs.append(out))
     z = torch.randn(5, 6) * 3
     images = I.decode(common.Run(model, {}, {}, None), z)
     y = outputs[-1]
-    torch.testing.assert_close(images, (torch.tanh(y) + 1) / 2)
+    unit = (torch.tanh(y) + 1) / 2 if output == "tanh" else torch.sigmoid(y)
+    torch.testing.assert_close(images, unit)
     x = torch.rand(5, 3, 32, 32)
-    logits = model.decoder(z)
-    mse = (torch.tanh(outputs[-1]) - (2 * x - 1)).square().mean()
-    assert I.autoencoder_loss(logits, x, None, 0.0).item() == pytest.approx(mse.item(), rel=1e-5)
+    scale = 4 if output == "tanh" else 1
+    mse = scale * (unit - x).square().mean()
+    loss = I.autoencoder_loss(model.decoder(z), x, model.low, None, 0.0)
+    assert loss.item() == pytest.approx(mse.item(), rel=1e-5)
+    # The encoder reads x in [0, 1]: 2x - 1 (tanh) or x itself (sigmoid) reaches its first conv.
+    first = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    first.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    model.encoder(x)
+    torch.testing.assert_close(seen[-1], 2 * x - 1 if output == "tanh" else x)
+
+
+def test_perceptual_term_sees_the_images_in_unit_range():
+    """Eq. (5)'s beta * L_Perc on the decoded image in [0, 1] and x, whatever the output."""
+    calls = []
+
+    def perceptual(a, b):
+        calls.append((a, b))
+        return torch.tensor(2.0)
+
+    x, y = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8) * 2 - 1  # y: a tanh output
+    loss = I.autoencoder_loss(y, x, -1.0, perceptual, 0.1)
+    assert loss.item() == pytest.approx(((y - (2 * x - 1)) ** 2).mean().item() + 0.2, rel=1e-6)
+    torch.testing.assert_close(calls[0][0], (y + 1) / 2)
+    torch.testing.assert_close(calls[0][1], x)
 
 
 def test_image_size_that_does_not_halve_is_an_error():
@@ -195,20 +261,20 @@ def test_perceptual_loss_is_half_the_summed_mse_of_three_vgg19_layers(weights):
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
-    def layers(images):  # images in [-1, 1] -> features 1 (relu1_1), 6 (relu2_1), 10 (conv3_1)
-        h = ((images + 1) / 2 - mean) / std
+    def layers(images):  # images in [0, 1] -> features 1 (relu1_1), 6 (relu2_1), 10 (conv3_1)
+        h = (images - mean) / std
         return [vgg.features[:2](h), vgg.features[:7](h), vgg.features[:11](h)]
 
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
-    output = (x + 0.3 * torch.randn(2, 3, 32, 32, generator=g)).requires_grad_()
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    output = (x + 0.15 * torch.randn(2, 3, 32, 32, generator=g)).requires_grad_()
     expected = 0.5 * sum(((a - b) ** 2).mean() for a, b in zip(layers(output), layers(x)))
     loss = perceptual(output, x)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     loss.backward()
     assert output.grad.abs().sum() > 0
     assert all(not p.requires_grad and p.grad is None for p in perceptual.parameters())
-    grey = torch.rand(2, 1, 32, 32) * 2 - 1
+    grey = torch.rand(2, 1, 32, 32)
     assert perceptual(grey, grey * 0.5).item() == pytest.approx(
         perceptual(grey.expand(-1, 3, -1, -1), grey.expand(-1, 3, -1, -1) * 0.5).item())
 
@@ -219,34 +285,14 @@ def test_perceptual_weights_missing_offline(tmp_path, monkeypatch):
         I.Perceptual()
 
 
-def test_parzen_of_one_sample_is_a_gaussian():
-    centre, points, sigma = torch.randn(1, 5), torch.randn(7, 5), 0.3
-    got = I.parzen_log_likelihood(centre, points, [sigma, 1.0])
-    expected = stats.multivariate_normal(centre[0].numpy(), sigma ** 2 * np.eye(5)).logpdf(points)
-    assert got.shape == (2, 7)
-    assert np.allclose(got[0].numpy(), expected)
-
-
-def test_parzen_of_a_gaussian_matches_its_closed_form():
-    """Kernel width sigma on many samples of N(m, s^2 I) tends to N(m, (s^2 + sigma^2) I)."""
-    g = torch.Generator().manual_seed(0)
-    mean, s, sigma = torch.tensor([1.0, -0.5]), 0.7, 0.4
-    samples = mean + s * torch.randn(100_000, 2, generator=g)
-    points = mean + s * torch.randn(200, 2, generator=g)  # where the samples are dense
-    got = I.parzen_log_likelihood(samples, points, [sigma])[0].numpy()
-    expected = stats.multivariate_normal(mean.numpy(), (s ** 2 + sigma ** 2) * np.eye(2)
-                                         ).logpdf(points)
-    assert np.abs(got - expected).max() < 0.06 and abs(got.mean() - expected.mean()) < 0.01
-
-
 TINY = dict(filters=8, latent_dim=6, warmup_epochs=1, epochs=2, batch_size=32, components=4,
-            lde_epochs=3, lde_batch_size=32, gmm_components=2, device="cpu")
+            lde_epochs=3, lde_batch_size=32, gmm_components=2, perc_weight=0.1, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def two_stage_run(tmp_path_factory, torch_home):
     """Both stages in this process, as `python iae_lde.py --dataset fake ...` runs them, with
-    the perceptual loss (0.1, CIFAR's) on random VGG19 weights."""
+    the perceptual loss (0.1, CelebA's) on random VGG19 weights."""
     tmp = tmp_path_factory.mktemp("iae")
     args = I.Args(dataset="fake", out_dir=str(tmp), data_root=str(tmp / "data"), **TINY)
     with mock.patch.dict(os.environ, {"TORCH_HOME": str(torch_home)}):
@@ -274,14 +320,6 @@ def test_both_stages_learn_and_store_every_sampler(two_stage_run):
     assert nll["lde"] < nll["normal"]  # it has learnt something of the codes' density
 
 
-def test_parzen_of_every_sampler(two_stage_run):
-    scores = I.parzen(str(two_stage_run), I.Args(parzen_samples=40, device="cpu"), set())
-    assert set(scores) == {"normal", "mvg", "gmm", "lde"}
-    assert all(math.isfinite(s["log_likelihood"]) and s["standard_error"] > 0
-               for s in scores.values())
-    assert log_records(two_stage_run)[-1]["parzen"] == scores
-
-
 def test_fit_lde_on_a_dae_run(tmp_path):
     import dae
 
@@ -297,10 +335,93 @@ def test_fit_lde_on_a_dae_run(tmp_path):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--fit-lde", "x", "--parzen", "y"], ["not both"]),
     (["--dataset", "fake", "--image-size", "36", "--perc-weight", "0"], ["--image-size"]),
     (["--fit-lde", "no/such/run"], ["no checkpoint.pt"]),
 ])
 def test_user_errors(argv, words, tmp_path, capsys):
     last = cli_error(I, [*argv, "--device", "cpu", "--out-dir", tmp_path], capsys)
     assert last.startswith("error:") and all(word in last for word in words), last
+
+
+# The official scripts' settings: train_ae.sh / train_armdn*.sh of 53753c9 (d, W, perceptual
+# weight, K, model ae00 = tanh / ae02 = sigmoid, the checkpoint epoch the LDE was fitted on)
+# and split_dataset.sh (MNIST 55k / 5k).
+OFFICIAL = {"mnist": (8, 96, 0.0, 30, "sigmoid", 5000, 390),
+            "cifar10": (256, 128, 0.0, 50, "tanh", 0, 250),
+            "celeba": (100, 100, 0.1, 30, "tanh", 0, 150)}
+FIELDS = ("latent_dim", "warmup_epochs", "perc_weight", "components", "output", "holdout",
+          "epochs")
+
+
+@pytest.mark.parametrize("dataset", sorted(OFFICIAL))
+def test_untyped_settings_are_the_official_scripts(dataset):
+    args = I.with_dataset_defaults(I.Args(dataset=dataset), set())
+    assert tuple(getattr(args, k) for k in FIELDS) == OFFICIAL[dataset]
+    typed = I.with_dataset_defaults(I.Args(dataset=dataset, latent_dim=3, components=2),
+                                    {"latent_dim", "components"})
+    assert (typed.latent_dim, typed.components) == (3, 2) and typed.epochs == OFFICIAL[dataset][6]
+
+
+def test_held_out_images_never_reach_training(tmp_path):
+    """--holdout N (MNIST 5,000 of 60,000; digits 150 of 1,500): the first images train, the
+    last N are only for choosing the Parzen width."""
+    args = I.Args(dataset="digits", holdout=150, batch_size=64, device="cpu",
+                  data_root=str(tmp_path))
+    _, _, _, train_images, _ = common.start(args, set())
+    full = common.load_images("digits", "", "train")
+    assert len(full) == 1500 and torch.equal(train_images, full[:1350])
+    with pytest.raises(common.UserError, match="--holdout"):
+        common.start(I.Args(dataset="digits", holdout=1500, device="cpu"), set())
+
+
+DIGITS = dict(dataset="digits", filters=4, latent_dim=3, warmup_epochs=1, epochs=1,
+              batch_size=64, components=3, lde_epochs=2, lde_batch_size=64, gmm_components=2)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """`python iae_lde.py --dataset digits ...`: MNIST's model (sigmoid, no perceptual loss)."""
+    tmp = tmp_path_factory.mktemp("digits")
+    args = I.Args(out_dir=str(tmp), device="cpu", **DIGITS)
+    I.main(args, set(DIGITS) | {"out_dir", "device"})
+    (run,) = tmp.glob("iae_lde-digits-*")
+    return run
+
+
+def test_digits_run_has_mnist_model_and_split(digits_run):
+    stored = common.load_checkpoint(digits_run)
+    assert stored["args"]["output"] == "sigmoid" and stored["args"]["holdout"] == 150
+    assert stored["args"]["perc_weight"] == 0.0
+    assert stored["samplers"]["lde"]["settings"]["lde_epochs"] == 2
+    records = log_records(digits_run)
+    assert sum(1 for r in records if r.get("stage") == "lde" and "epoch" in r) == 2
+    provenance = json.loads((digits_run / "args.json").read_text())["provenance"]
+    assert set(provenance["versions"]) == {"torch", "torchvision", "lpips", "pytorch-fid"}
+
+
+def test_fit_lde_takes_the_runs_own_settings_and_says_what_it_replaces(digits_run, capsys):
+    """--fit-lde RUN with nothing typed refits with the run's K and schedule (the finished
+    fit is kept, not redone); a typed --lde-epochs 1 fits anew and the sampler says so."""
+    capsys.readouterr()
+    I.main(I.Args(fit_lde=str(digits_run), device="cpu"), {"fit_lde", "device"})
+    out = capsys.readouterr().out
+    assert "replacing the run's LDE (components 3, lde_epochs 2" in out
+    assert "continuing the LDE after its epoch 2" in out
+    I.main(I.Args(fit_lde=str(digits_run), lde_epochs=1, device="cpu"),
+           {"fit_lde", "lde_epochs", "device"})
+    assert "afresh" in capsys.readouterr().out
+    settings = common.load_checkpoint(digits_run)["samplers"]["lde"]["settings"]
+    assert settings["lde_epochs"] == 1 and settings["components"] == 3
+
+
+def test_resume_honours_the_lde_flags(digits_run, capsys):
+    """--resume of a finished run with --lde-epochs 3: the autoencoder keeps its settings,
+    stage two runs to epoch 3."""
+    capsys.readouterr()
+    I.main(I.Args(resume=str(digits_run), lde_epochs=3, device="cpu"),
+           {"resume", "lde_epochs", "device"})
+    out = capsys.readouterr().out
+    assert "ignoring" not in out
+    assert common.load_checkpoint(digits_run)["samplers"]["lde"]["settings"]["lde_epochs"] == 3
+    assert [r["epoch"] for r in log_records(digits_run) if r.get("stage") == "lde"
+            and "epoch" in r][-1] == 3
