@@ -43,10 +43,10 @@ class UserError(Exception):
     exit_code = 2
 
 
-def arg(default, help: str, choices=None, low=None, positional=False):
+def arg(default, help: str, choices=None, low=None, positional=False, was=""):
     """A dataclass field that becomes `--flag` (or an optional positional argument) with
-    this one-line help (and allowed values)."""
-    meta = {"help": help, "choices": choices, "low": low, "positional": positional}
+    this one-line help (and allowed values); `was`: its old name, still accepted (hidden)."""
+    meta = {"help": help, "choices": choices, "low": low, "positional": positional, "was": was}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -89,6 +89,9 @@ def build_parser(args_cls, description: str | None = None) -> argparse.ArgumentP
             parser.add_argument(f.name, **options)
         else:
             parser.add_argument("--" + f.name.replace("_", "-"), **options)
+        if meta.get("was"):  # the old name, for one release
+            parser.add_argument("--" + meta["was"].replace("_", "-"), **{
+                **options, "dest": f.name, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS})
     return parser
 
 
@@ -138,8 +141,8 @@ CELEBA_VALID_FROM, CELEBA_TEST_FROM = 162771, 182638
 def load_images(name: str, root: str, split: str, image_size: int = 0, crop: int = 0):
     """A whole split as one uint8 tensor [N, C, H, W] on the CPU."""
     image_size, crop = image_size or DEFAULT_SIZE.get(name, 32), crop or DEFAULT_CROP.get(name, 0)
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be train or test, not {split}")
+    if split not in ("train", "test") and (name, split) != ("celeba", "valid"):
+        raise ValueError(f"split must be train or test (or CelebA's valid), not {split}")
     if name in ("cifar10", "mnist") and image_size != 32:
         raise UserError(f"{name} images are 32x32 here; --image-size must be 32 (or 0)")
     if name == "cifar10":
@@ -216,15 +219,19 @@ def _celeba(root: str, split: str, image_size: int, crop: int) -> torch.Tensor:
                 f"be downloaded ({_first_line(error)}); put it there or pass --data-root"
             ) from None
         image_dir = root_path / "celeba" / "img_align_celeba"
-    files = _image_files(image_dir)
-    # Official partition by file number; names that are not numbers all count as train.
-    number = lambda p: int(p.stem) if p.stem.isdigit() else 0  # noqa: E731
-    first, last = (CELEBA_TEST_FROM, math.inf) if split == "test" else (0, CELEBA_VALID_FROM - 1)
-    files = [p for p in files if first <= number(p) <= last]  # the valid part is held out
+    files = [p for p in _image_files(image_dir) if celeba_partition(p) == split]
     if not files:
         raise UserError(f"no CelebA {split} images (test starts at {CELEBA_TEST_FROM}.jpg) "
                         f"in {image_dir}")
     return _decode_cached(files, image_dir, f"celeba-{split}", image_size, crop)
+
+
+def celeba_partition(path: Path) -> str:
+    """The official partition by file number (train, valid, test); a file whose name is not
+    a number counts as train."""
+    number = int(path.stem) if path.stem.isdigit() else None
+    return ("train" if number is None or number < CELEBA_VALID_FROM else
+            "test" if number >= CELEBA_TEST_FROM else "valid")
 
 
 def _decode_cached(files, cache_dir: Path, tag: str, image_size: int, crop: int):
@@ -250,7 +257,7 @@ def _decode_cached(files, cache_dir: Path, tag: str, image_size: int, crop: int)
             continue
         if crop:
             image = TF.center_crop(image, [crop, crop])
-        image = TF.resize(image, image_size, antialias=True)  # shorter side
+        image = TF.resize(image, image_size)  # shorter side (PIL always antialiases)
         image = TF.center_crop(image, [image_size, image_size])
         images[i] = TF.pil_to_tensor(image)
     if len(unreadable) == len(files):
@@ -275,8 +282,9 @@ def _digits(split: str, image_size: int) -> torch.Tensor:
 
     pixels = torch.as_tensor(load_digits().images, dtype=torch.float32)[:, None] / 16
     pixels = pixels[:1500] if split == "train" else pixels[1500:]
+    # bilinear weights are non-negative and sum to one, so the result stays in [0, 1]
     pixels = F.interpolate(pixels, size=image_size, mode="bilinear", align_corners=False)
-    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8)  # [N, 1, S, S]
+    return (pixels * 255).round().to(torch.uint8)  # [N, 1, S, S]
 
 
 def _fake(split: str, image_size: int) -> torch.Tensor:
@@ -399,7 +407,7 @@ class Encoder(nn.Module):
     """x [B, C, S, S] in [0, 1] -> features [B, 8f (S/16)^2]: four stride-2 stages of f, 2f,
     4f, 8f filters. The method puts its latent layer (Linear to the code) after it."""
 
-    def __init__(self, channels: int, image_size: int, filters: int = 128, depth=1):
+    def __init__(self, channels: int, image_size: int, filters: int, depth):
         super().__init__()
         if image_size % 16 or image_size < 16:
             raise UserError(f"image size must be a multiple of 16, not {image_size}")
@@ -420,11 +428,12 @@ class Decoder(nn.Module):
     """z [B, latent] -> logits [B, C, S, S]. Linear to 8x8x8f, stride-2 transposed convs
     4f, 2f (and f for 64x64), then a stride-1 transposed conv to C channels, no BN."""
 
-    def __init__(self, channels: int, image_size: int, filters: int = 128, depth=1,
-                 latent_dim: int = 128):
+    def __init__(self, channels: int, image_size: int, filters: int, depth, latent_dim: int):
         super().__init__()
         kernel = kernel_size(image_size)
-        ups = int(math.log2(image_size // 8))  # 2 for 32x32, 3 for 64x64
+        ups = {16: 1, 32: 2, 64: 3}.get(image_size)  # stride-2 stages up from 8x8
+        if ups is None:
+            raise UserError(f"image size {image_size}: the decoder is built for 16, 32 or 64")
         # Stage widths 4f, 2f, f mirror encoder stages 3, 2, 1, and take their depths.
         depths = _per_stage(depth, 4)[2::-1][:ups]
         self.width = filters * 8
@@ -456,7 +465,7 @@ class LatentSampler:
         eigvals, eigvecs = torch.linalg.eigh(self.covs)
         self.factors = eigvecs * eigvals.clamp(min=0).sqrt()[:, None, :]  # [K, d, d]
 
-    def sample(self, n: int, seed: int = 0, device="cpu") -> torch.Tensor:
+    def sample(self, n: int, seed: int, device="cpu") -> torch.Tensor:
         """n codes [n, d] (float32, drawn on the CPU, returned on `device`); components are
         drawn per sample, so never grouped."""
         g = torch.Generator().manual_seed(seed)
@@ -482,7 +491,7 @@ def normal_sampler(d: int) -> LatentSampler:
     return LatentSampler(torch.ones(1), torch.zeros(1, d), torch.eye(d)[None])
 
 
-def fit_samplers(codes: torch.Tensor, seed: int = 0, gmm_components: int = 10) -> dict:
+def fit_samplers(codes: torch.Tensor, seed: int, gmm_components: int) -> dict:
     """N(0, I), MVG (mean and full covariance of the codes) and a GMM (scikit-learn, full
     covariances, max_iter 2000, tol 1e-3 as the RAE code), fitted on codes [N, d]."""
     from sklearn.mixture import GaussianMixture
@@ -777,6 +786,16 @@ def off_paper(args: dict, paper: dict) -> list[str]:
                   if k not in NOT_A_SETTING and args.get(k) != v)
 
 
+def paper_row(args: dict, ref: str, table: dict, keyed: tuple, settings) -> dict:
+    """A paper's figures for a run: the row of `table` that the run's `keyed` settings select
+    (lists as tuples), only against the test split and when every other setting that
+    matters is that of the paper's run, `settings(key)`; empty otherwise."""
+    key = tuple(tuple(v) if isinstance(v, list) else v for v in (args[k] for k in keyed))
+    if ref != "test" or key not in table or off_paper(args, settings(key)):
+        return {}
+    return table[key]
+
+
 def resume(args, given: set, method: str = "", resumable=()):
     """For --resume RUN_DIR: the run's own args (epochs, device, compile and the method's
     `resumable` flags typed now win) and its checkpoint (an error if another method wrote it)."""
@@ -840,9 +859,8 @@ def open_run(method: str, args, checkpoint, model: nn.Module, optimizer) -> tupl
         per_process = checkpoint.get("rng_per_process", [])  # written under torchrun
         rank, size = world()
         set_rng_state(per_process[rank] if len(per_process) == size else checkpoint["rng"])
-    n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"run folder {folder}; {n_params:.2f}M parameters; "
-          f"{next(model.parameters()).device}")
+    print(f"run folder {folder}; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+          f"parameters; {next(model.parameters()).device}")
     return folder, start_epoch
 
 
@@ -1143,8 +1161,8 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, batch: 
     return covered(fake, real, radii(real)), covered(real, fake, radii(fake))
 
 
-def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0):
+def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int,
+                              subset_size: int, seed: int):
     """KID (Binkowski et al. 2018) as torch-fidelity computes it: on each of `subsets` random
     pairs of subsets (m = subset_size images each, fewer when a set is smaller), the unbiased
     MMD^2 with the kernel k(x, y) = (x . y / D + 1)^3 on the D-dim features:

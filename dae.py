@@ -1,7 +1,8 @@
 """Deterministic autoencoder with ex-post sampling (Daly, Fieldsend and Tabor 2022).
 
-Paper: "Variational Autoencoders Without the Variation", G. A. Daly, J. E. Fieldsend and
-G. Tabor, 2022, https://arxiv.org/abs/2203.00645
+Needs common.py beside it: data, the backbone, run folder and checkpoints, torchrun, the
+ex-post samplers. Paper: "Variational Autoencoders Without the Variation", G. A. Daly,
+J. E. Fieldsend and G. Tabor, 2022, https://arxiv.org/abs/2203.00645
 
 The method. A plain convolutional autoencoder (the Tolstikhin et al. / Ghosh et al.
 backbone) is trained with the reconstruction loss alone: no KL term, no regulariser. After
@@ -43,11 +44,15 @@ Reproduce (the paper trains 100 epochs, batch 128; FID with `python eval.py RUN_
 Deviations and choices:
   - The paper used TensorFlow 2.4; this is PyTorch. Keras' defaults are kept where they
     matter: Glorot-uniform init with zero biases, batch-norm momentum 0.99 (PyTorch 0.01)
-    and eps 1e-3, Adam eps 1e-7, and TensorFlow's 'same' padding for every conv and
-    transposed conv (common.SameConv, SameConvTranspose: the odd pixel of padding after).
+    and eps 1e-3, layer-norm eps 1e-3, Adam eps 1e-7, and TensorFlow's 'same' padding for
+    every conv and transposed conv (common.SameConv, SameConvTranspose: the odd pixel of
+    padding after).
   - The paper does not say how "depth n" applies to the decoder. Here each decoder stage
     of width 4f, 2f (f) takes the depth of the encoder stage of the same width, its
     stride-1 convs before the stride-2 transposed conv (mirroring the encoder).
+  - For 64x64 images (CelebA) the decoder has a third stride-2 stage, of width f (4f, 2f,
+    f, then the output layer), as Ghosh et al.'s CelebA decoder (512, 256, 128 for f = 128);
+    the paper describes the 32x32 decoder's two (4f, 2f) only.
   - The decoder's first layer maps to 8x8x8f (the Ghosh et al. code hard-codes 8x8x1024,
     the same for f=128); its output layer is a stride-1 transposed conv to C channels, no
     BN, as that code's.
@@ -85,7 +90,8 @@ from common import arg
 # The paper's FIDs (Tables 2, 3; test-set reference, 10,000 samples), which eval.py prints
 # beside ours: {(data set, filters, depth, latent units, latent norm): {column: FID}}.
 # Table 2's CelebA row is keyed at 128 latents: Table 3 lists the same figures under 128
-# (Table 2's caption says 64).
+# (Table 2's caption says 64); its CelebA rows of 32 and 64 filters, whose latent size is
+# therefore unclear, are left out. Every DAE row of Table 3 is here.
 PAPER_FID = {
     ("cifar10", 32, (1,), 128, "none"): {"rec": 60.20, "normal": 288.8, "mvg": 99.60,
                                          "gmm": 90.55},
@@ -108,13 +114,19 @@ PAPER_FID = {
     ("cifar10", 256, (1,), 160, "none"): {"rec": 37.70, "normal": 379.5, "mvg": 86.90,
                                           "gmm": 75.67},
     ("cifar10", 128, (3, 3, 2, 1), 96, "none"): {"mvg": 77.10, "gmm": 67.32},
+    ("celeba", 32, (1,), 384, "none"): {"rec": 32.50, "normal": 474.4, "mvg": 62.77,
+                                        "gmm": 51.58},
+    ("celeba", 64, (1,), 80, "none"): {"rec": 45.83, "normal": 409.5, "mvg": 53.76,
+                                       "gmm": 49.31},
+    ("celeba", 64, (1,), 384, "none"): {"rec": 29.62, "normal": 502.9, "mvg": 55.67,
+                                        "gmm": 45.80},
     ("celeba", 128, (1,), 96, "none"): {"rec": 34.84, "normal": 406.47, "mvg": 44.98,
                                         "gmm": 39.13},
     ("celeba", 128, (1,), 128, "none"): {"rec": 31.85, "normal": 426.9, "mvg": 46.96,
                                          "gmm": 39.10},
 }
-# What selects a row of PAPER_FID; every other setting must be the default (the paper's).
-KEYED = ("dataset", "filters", "depth", "latent_dim", "latent_norm")
+# The settings that select a row of PAPER_FID, in its keys' order (paper_settings: the rest).
+PAPER_KEY = ("dataset", "filters", "depth", "latent_dim", "latent_norm")
 
 
 @dataclass
@@ -158,7 +170,8 @@ def latent_layer(args: Args, in_features: int) -> nn.Sequential:
     """The code layer: a Linear to the latent units, spectrally normalised (sn) or followed
     by a batch norm (bn) or layer norm (ln), optionally frozen at its random initialisation."""
     linear = nn.Linear(in_features, args.latent_dim)
-    norm = {"bn": nn.BatchNorm1d(args.latent_dim), "ln": nn.LayerNorm(args.latent_dim)}
+    norm = {"bn": nn.BatchNorm1d(args.latent_dim),
+            "ln": nn.LayerNorm(args.latent_dim, eps=1e-3)}  # Keras' epsilon
     layer = nn.Sequential(linear, norm.get(args.latent_norm, nn.Identity()))
     common.keras_init(layer)
     if args.latent_norm == "sn":
@@ -190,7 +203,7 @@ class DAE(nn.Module):
 
     def forward(self, x):  # x [B, C, H, W] in [0, 1]
         z = self.encoder(x)  # [B, d]
-        if self.training and self.noise_std > 0:  # Sec. 4: noise on the decoder's input
+        if self.training and self.noise_std:  # Sec. 4: noise on the decoder's input
             return self.decoder(z + self.noise_std * torch.randn_like(z)), z
         return self.decoder(z), z  # logits [B, C, H, W], codes [B, d]
 
@@ -212,13 +225,13 @@ def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def train(args: Args, given: set):
     args, checkpoint, device, train_images, test_images = common.start(args, given, "dae")
-    data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
+    data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
     model = DAE(args, *data_shape).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     folder, start_epoch = common.open_run("dae", args, checkpoint, model, optimizer)
-    forward = common.parallel(model, args.compile, args.sync_bn)  # DDP under torchrun
+    wrapped = common.parallel(model, args.compile, args.sync_bn)  # DDP (torchrun), compiled
 
     batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
     steps = len(train_images) // batch
@@ -234,33 +247,30 @@ def train(args: Args, given: set):
                               total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, x in enumerate(bar):
             with common.autocast(device):
-                logits, _ = forward(x)
+                logits, _ = wrapped(x)
             loss = reconstruction_loss(logits, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
             if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
-                bar.set_postfix(bce=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}")
                 common.stop_if_diverged(loss.item(), epoch, folder)
-        bce = common.mean_over_processes(loss_sum).item() / steps
-        common.stop_if_diverged(bce, epoch, folder)
+        mean_loss = common.mean_over_processes(loss_sum).item() / steps  # the BCE
+        common.stop_if_diverged(mean_loss, epoch, folder)
         seconds = time.time() - started
-        common.log_epoch(folder, {"epoch": epoch + 1, "bce": bce, "lr": lr, "seconds": seconds,
+        common.log_epoch(folder, {"epoch": epoch + 1, "loss": mean_loss, "lr": lr,
+                                  "seconds": seconds,
                                   "images_per_sec": steps * args.batch_size / seconds})
         common.save_test_reconstructions(model, test_images, folder)
         state = common.save_epoch(folder, "dae", args, epoch, model, optimizer, data_shape)
 
-    # Ex post, the method's generative half: encode the whole training set with the trained
-    # encoder (eval mode), fit N(0, I), MVG and a GMM to the codes, keep them with the model.
-    model.eval()
-    codes = common.gather_rows(common.encode_all(model.encoder, train_images))  # [N, d]
-    if common.is_main():  # under torchrun: once, on every process's codes
-        samplers = common.fit_samplers(codes, args.seed, args.gmm_components)
-        common.save_samplers(state, samplers, folder / common.CHECKPOINT)
-        run = common.Run(model, state["args"], samplers, folder)
-        common.save_sample_grids(run, args.seed)  # decoded samples of each density
-        common.save_interpolations(run, test_images.float() / 255, folder / "interpolations.png")
+    # Ex post, the method's generative half (the same step as every backbone method's):
+    # encode the whole training set with the trained encoder in eval mode, fit N(0, I), MVG
+    # and a GMM to the codes (common.fit_samplers), keep them in the checkpoint, and write a
+    # grid of decoded samples of each density.
+    common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
+                       args.gmm_components)
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
     return folder
 
@@ -280,15 +290,16 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample
 
 
+def paper_settings(key: tuple) -> dict:
+    """Every setting of the paper's run that PAPER_FID[key] reports: the key's, and Args'
+    defaults (the paper's) for the rest."""
+    return {**dataclasses.asdict(Args()), **dict(zip(PAPER_KEY, key)), "depth": list(key[2])}
+
+
 def paper_fid(args: dict, ref: str = "test") -> dict:
-    """The paper's FID for this run's setting, by column: only when the run is a reported
-    setting (PAPER_FID's key) and every other setting that matters is the paper's."""
-    depth = tuple(args["depth"]) if len(set(args["depth"])) > 1 else tuple(args["depth"][:1])
-    key = (args["dataset"], args["filters"], depth, args["latent_dim"], args["latent_norm"])
-    paper = {**dataclasses.asdict(Args()), **{k: args[k] for k in KEYED}}
-    if ref != "test" or key not in PAPER_FID or common.off_paper(args, paper):
-        return {}  # the paper's FIDs are all against the test split
-    return PAPER_FID[key]
+    """The paper's FIDs (all against the test split) for this run, by column: only when the
+    run is a reported setting (common.paper_row)."""
+    return common.paper_row(args, ref, PAPER_FID, PAPER_KEY, paper_settings)
 
 
 def main(args: Args, given: set):

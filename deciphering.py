@@ -1,5 +1,6 @@
 """Deciphering autoencoders: generative autoencoding of dropout patterns (Maeda 2023).
 
+Needs common.py beside it: data, run folder and checkpoints, torchrun.
 Paper: "Generative Autoencoding of Dropout Patterns", S. Maeda, 2023,
 https://arxiv.org/abs/2310.01712; official code github.com/shuntama/deciphering-autoencoders
 
@@ -27,8 +28,8 @@ Reproduce (then `python eval.py RUN_DIR --num-samples 50000 [--ref train]`):
     Table 2, clusters (phase one only): --clusters 1 | 8 | 16 | 32 | 64
     Sec. 4, no geometric regularisation (FID 47.69 test, both phases): --max-shift 0
     CelebA, Fig. 3 (centre 160 -> 32x32, latent 256, no shift, lr /10 at 500 and 600):
-        python deciphering.py --dataset celeba --data-root DATA --crop 160 --image-size 32 \\
-            --latent-dim 256 --max-shift 0 --epochs 650 --lr-drops 500 600
+        python deciphering.py --dataset celeba --data-root DATA --latent-dim 256 \\
+            --max-shift 0 --epochs 650 --lr-drops 500 600
     Small offline run (digits; LPIPS needs the AlexNet weights once):
         python deciphering.py --dataset digits --widths 32 64 128 256 --active 1 2 4 \\
             --clusters 4 --latent-dim 32 --batch-size 64 --epochs 20
@@ -43,11 +44,13 @@ Deviations and choices (the paper where it speaks, else the official code):
   - Patterns drawn with torch from --pattern-seed 123 (the official draws them with
     numpy's global generator seeded 123: other patterns from the same distribution),
     redrawn where two coincide (unchecked in the official code), stored in the checkpoint.
-    Clustering: standardise, PCA to 95% variance, k-means with n_init 10 (sklearn's
-    default then) and --kmeans-seed 0 (official random_state).
-  - Flips (official): odd epochs flip every image and reverse its stage-3 pattern.
-  - Weight decay rises linearly from 0 to 0.08 at epoch 0.4 E, then stays (the paper; the
-    official code stops at 0.0798); it covers every parameter (official).
+    Clustering (official): float64 pixels standardised, PCA to 95% variance, k-means with
+    n_init 10 (sklearn's default then) and --kmeans-seed 0. Flips (official): odd epochs
+    flip every image and reverse its stage-3 pattern.
+  - AdamW (official): the shift MLP at --lr / 10 unless --mlp-lr; LPIPS of images below
+    128 px upsampled bilinearly to --lpips-size, larger ones as they are. Weight decay
+    rises from 0 to 0.08 at epoch 0.4 E, then stays (the paper; the official code stops at
+    0.0798); it covers every parameter (official).
   - EMA as the official code (ema_pytorch 0.2.3): every 10 steps, a copy up to step 100
     and once more at step 110 (its first update after the warm-up), then decay
     min(1 - (1 + t)^(-2/3), 0.99995), t = step - 100: 0.9997 after 195k steps, the cap is
@@ -56,7 +59,9 @@ Deviations and choices (the paper where it speaks, else the official code):
   - Phase two starts from phase one's online weights (the official README does not say;
     --finetune-ema takes the EMA), its patterns, a fresh AdamW and EMA (official), and every
     other setting of phase one not typed (batch, lr, LPIPS size, seed, flips, ...), with
-    2000 epochs, no shift and no weight-decay warm-up; it prints what differs.
+    2000 epochs, no shift and no weight-decay warm-up; it prints what differs. Phase one's
+    phase_two.txt names phase two once phase two has a checkpoint: until then, --resume of
+    phase one starts phase two anew.
   - Sampling: patterns uniform over channels (official: each cluster 1/32), noise input,
     r = 0, BN using the statistics of groups of up to 250 samples (the official sampler
     stays in train mode, batches of 250), n split into equal groups so that none is tiny,
@@ -65,7 +70,8 @@ Deviations and choices (the paper where it speaks, else the official code):
     running statistics. Sampling is seeded (the official is not).
   - bf16 autocast and channels_last on CUDA (official: fp32); a checkpoint with the
     optimizer every --save-every epochs (official: weights every 100 epochs).
-  - CelebA: the standard train partition (162,770 images, as the paper); valid is held out.
+  - CelebA: the standard train partition (162,770 images, as the paper), crop 160 unless
+    --crop; valid is held out.
   - Under torchrun (README, "Several GPUs") the batch statistics are part of the method:
     the paper trains (and the official sampler normalises) over batches of 256, so with N
     GPUs use --sync-bn to keep that meaning. k-means and the patterns are computed once for
@@ -91,13 +97,14 @@ from common import arg
 
 EMA_EVERY, EMA_AFTER, EMA_POWER = 10, 100, 2 / 3  # ema_pytorch settings of the official code
 SAMPLE_BATCH = 250  # samples sharing BN statistics (official sampler)
-# The model and its patterns: what phase two always takes from phase one.
-PHASE_ONE = ("dataset", "image_size", "crop", "widths", "active", "latent_dim", "clusters",
+# Setting names: the model and its patterns, which phase two always takes from phase one.
+FROM_PHASE_ONE = ("dataset", "image_size", "crop", "widths", "active", "latent_dim", "clusters",
              "pattern_seed", "kmeans_seed")
-# Phase two's own settings (official: no shift, no weight-decay warm-up, 2000 epochs).
-PHASE_TWO = {"epochs": 2000, "max_shift": 0, "wd_warmup": 0.0}
-# Settings phase two never inherits: what to fine-tune from, and how to resume.
-OWN = ("finetune_from", "finetune_ema", "resume", "schedule_epochs", "phase_two_epochs")
+# Setting values: phase two's own unless typed (official: no shift, no weight-decay
+# warm-up, 2000 epochs).
+PHASE_TWO_DEFAULTS = {"epochs": 2000, "max_shift": 0, "wd_warmup": 0.0}
+# Setting names phase two never inherits: what to fine-tune from, and how to resume.
+NOT_INHERITED = ("finetune_from", "finetune_ema", "resume", "schedule_epochs", "phase_two_epochs")
 PHASE_TWO_FILE = "phase_two.txt"  # in phase one's folder: the phase-two run started from it
 
 
@@ -106,7 +113,8 @@ class Args:
     dataset: str = arg("cifar10", "data set", choices=common.DATASETS)
     data_root: str = arg("data", "folder of the data set (torchvision downloads into it)")
     image_size: int = arg(32, "image side (32 in the paper, CelebA included)", low=16)
-    crop: int = arg(0, "centre crop before resizing (CelebA: 160); 0: the data set's", low=0)
+    crop: int = arg(0, "centre crop before resizing; 0: 160 for celeba (Sec. 4), none "
+                    "otherwise", low=0)
     widths: list[int] = arg([128, 256, 512, 1024], "channels of the four encoder stages", low=2)
     active: list[int] = arg([1, 4, 16], "active channels after encoder stages 1, 2, 3", low=1)
     latent_dim: int = arg(128, "latent units (256 for CelebA)", low=1)
@@ -121,12 +129,13 @@ class Args:
                                "--epochs (a run resumed with more --epochs keeps its own)", low=0)
     batch_size: int = arg(256, "batch size", low=1)
     lr: float = arg(2e-3, "AdamW learning rate", low=0)
-    mlp_lr: float = arg(2e-4, "learning rate of the shift MLP", low=0)
+    mlp_lr: float = arg(-1.0, "learning rate of the shift MLP; -1: --lr / 10 (official)",
+                        low=-1)
     lr_drops: list[int] = arg([], "epochs from which the rates are x0.1 (CelebA: 500 600)", low=1)
     weight_decay: float = arg(0.08, "AdamW weight decay after the warm-up", low=0)
     wd_warmup: float = arg(0.4, "fraction of the epochs weight decay rises from 0 over", low=0)
     ema_decay: float = arg(0.99995, "cap of the EMA decay (reached after ~2.8M steps)", low=0)
-    lpips_size: int = arg(128, "images are upsampled to this side for LPIPS", low=32)
+    lpips_size: int = arg(128, "smaller images are upsampled to this side for LPIPS", low=32)
     finetune_from: str = arg("", "phase two: continue from this phase-one run folder (its "
                              "settings, 2000 epochs, no shift, unless typed)")
     finetune_ema: bool = arg(False, "phase two starts from the EMA weights, not the online")
@@ -158,10 +167,11 @@ def random_subsets(n: int, size: int, k: int, g: torch.Generator) -> torch.Tenso
 def draw_patterns(labels: torch.Tensor, args: Args, g: torch.Generator) -> torch.Tensor:
     """Patterns [n, sum(active)]: active channel indices of stages 1, 2, 3 side by side.
     Stage 1's lie in the block of the image's cluster; stages 2 and 3 are uniform."""
-    block = args.widths[0] // args.clusters
+    block = args.widths[0] // args.clusters  # stage 1's channels per cluster
+    # [n, 1] block starts + [n, active_1] offsets in the block -> [n, active_1] channels
     first = labels[:, None] * block + random_subsets(len(labels), block, args.active[0], g)
     rest = [random_subsets(len(labels), c, k, g) for c, k in zip(args.widths[1:3], args.active[1:])]
-    return torch.cat([first, *rest], 1)
+    return torch.cat([first, *rest], 1)  # [n, active_1 + active_2 + active_3]
 
 
 def make_patterns(labels: torch.Tensor, args: Args) -> torch.Tensor:
@@ -193,7 +203,7 @@ def cluster_images(images: torch.Tensor, clusters: int, seed: int) -> torch.Tens
     from sklearn.preprocessing import StandardScaler
 
     print(f"k-means: {clusters} clusters of {len(images)} images (PCA, then 10 restarts) ...")
-    pixels = StandardScaler().fit_transform(images.flatten(1).float().cpu().numpy())
+    pixels = StandardScaler().fit_transform(images.flatten(1).double().cpu().numpy())
     reduced = PCA(0.95, svd_solver="full").fit_transform(pixels)
     labels = KMeans(clusters, n_init=10, random_state=seed).fit_predict(reduced)
     return torch.as_tensor(labels, dtype=torch.long)
@@ -224,21 +234,25 @@ def conv_bn(conv: nn.Module, act: bool = True) -> list[nn.Module]:
 
 
 class ResBlock(nn.Module):
-    """x + BN(conv3(LReLU(BN(conv3(x))))); with `inner`, the bottleneck
-    x + BN(1x1(LReLU(BN(3x3(LReLU(BN(1x1(x)))))))). No activation after the sum."""
+    """x + BN(conv3(LReLU(BN(conv3(x))))), no activation after the sum."""
 
-    def __init__(self, ch: int, inner: int = 0):
+    def __init__(self, ch: int):
         super().__init__()
-        if inner:
-            self.body = nn.Sequential(*conv_bn(nn.Conv2d(ch, inner, 1)),
-                                      *conv_bn(nn.Conv2d(inner, inner, 3, padding=1)),
-                                      *conv_bn(nn.Conv2d(inner, ch, 1), act=False))
-        else:
-            self.body = nn.Sequential(*conv_bn(nn.Conv2d(ch, ch, 3, padding=1)),
-                                      *conv_bn(nn.Conv2d(ch, ch, 3, padding=1), act=False))
+        self.body = nn.Sequential(*conv_bn(nn.Conv2d(ch, ch, 3, padding=1)),
+                                  *conv_bn(nn.Conv2d(ch, ch, 3, padding=1), act=False))
 
     def forward(self, x):
         return x + self.body(x)
+
+
+class Bottleneck(ResBlock):
+    """x + BN(1x1(LReLU(BN(3x3(LReLU(BN(1x1(x)))))))), `inner` channels wide inside."""
+
+    def __init__(self, ch: int, inner: int):
+        nn.Module.__init__(self)
+        self.body = nn.Sequential(*conv_bn(nn.Conv2d(ch, inner, 1)),
+                                  *conv_bn(nn.Conv2d(inner, inner, 3, padding=1)),
+                                  *conv_bn(nn.Conv2d(inner, ch, 1), act=False))
 
 
 def sinusoidal(position: torch.Tensor, dim: int) -> torch.Tensor:
@@ -252,23 +266,23 @@ class DecipheringAE(nn.Module):
     def __init__(self, channels: int, image_size: int, widths, latent_dim: int):
         super().__init__()
         w1, w2, w3, w4 = widths
-        self.side, self.w4, self.latent_dim = image_size // 16, w4, latent_dim
+        self.bottleneck_side, self.w4, self.latent_dim = image_size // 16, w4, latent_dim
         self.encoder_stages = nn.ModuleList(nn.Sequential(
             *conv_bn(nn.Conv2d(cin, cout, 2, stride=2)),
             *conv_bn(nn.Conv2d(cout, cout, 3, padding=1))) for cin, cout in
             zip([channels, w1, w2, w3], widths))
-        self.to_latent = nn.Linear(w4 * self.side ** 2, latent_dim)
+        self.to_latent = nn.Linear(w4 * self.bottleneck_side ** 2, latent_dim)
         # The shift r: a sinusoidal embedding of latent_dim, an MLP 4x as wide, latent_dim out.
         self.shift_mlp = nn.Sequential(nn.Linear(latent_dim, 4 * latent_dim), nn.LeakyReLU(),
                                        nn.Linear(4 * latent_dim, latent_dim))
-        self.from_latent = nn.Linear(2 * latent_dim, w4 * self.side ** 2)  # [latent, shift]
+        self.from_latent = nn.Linear(2 * latent_dim, w4 * self.bottleneck_side ** 2)
         layers = [nn.BatchNorm2d(w4), nn.LeakyReLU()]
         for cin, cout in [(w4, w3), (w3, w2), (w2, w1)]:
             # Upsampling by a transposed conv in groups of 128 input channels, then two
             # bottleneck blocks 64 channels wide (at most cout): a small decoder (Sec. 3).
             layers += conv_bn(nn.ConvTranspose2d(cin, cout, 2, stride=2, groups=max(1, cin // 128)))
             inner = cout // max(1, cout // 64)
-            layers += [ResBlock(cout, inner), ResBlock(cout, inner)]
+            layers += [Bottleneck(cout, inner), Bottleneck(cout, inner)]
         layers += conv_bn(nn.ConvTranspose2d(w1, w1 // 2, 2, stride=2))
         layers += [ResBlock(w1 // 2), ResBlock(w1 // 2), nn.Conv2d(w1 // 2, channels, 3, padding=1)]
         self.decoder = nn.Sequential(*layers)
@@ -284,7 +298,8 @@ class DecipheringAE(nn.Module):
     def decode(self, latent, position):  # latent [B, latent], position [B] in [0, 100]
         shift = self.shift_mlp(sinusoidal(position, self.latent_dim))  # [B, latent]
         h = self.from_latent(torch.cat([latent, shift.to(latent.dtype)], 1))
-        return self.decoder(h.view(-1, self.w4, self.side, self.side))  # [B, C, S, S]
+        side = self.bottleneck_side
+        return self.decoder(h.view(-1, self.w4, side, side))  # [B, C, S, S]
 
     def forward(self, noise, masks, position):
         return self.decode(self.encode(noise, masks), position)
@@ -324,11 +339,11 @@ def load_lpips(device) -> nn.Module:
 
 
 def lpips_loss(lpips_net, output, target, size: int) -> torch.Tensor:
-    """d of Eq. (2): LPIPS of the images upsampled to size x size (grey repeated to RGB),
-    mean over the batch."""
-    def up(x):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    """d of Eq. (2): LPIPS of the images, upsampled to size x size where smaller, mean over
+    the batch (a grey image is broadcast to RGB by LPIPS's own scaling layer)."""
+    def up(x):  # the official code upsamples images below 128 px only
+        small = x.shape[-1] < size
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False) if small else x
     return lpips_net(up(output), up(target)).mean()
 
 
@@ -346,6 +361,11 @@ def training_batch(images: torch.Tensor, patterns: torch.Tensor, args: Args, epo
     return noise, masks_of(patterns, args), shift_position(shifts, args.max_shift), target
 
 
+def mlp_rate(args: Args) -> float:
+    """The shift MLP's learning rate: --mlp-lr, or the official --lr / 10."""
+    return args.mlp_lr if args.mlp_lr >= 0 else args.lr / 10
+
+
 def weight_decay(args: Args, epoch: int) -> float:
     """0 at epoch 0, rising linearly to --weight-decay at epoch int(wd_warmup E), then flat."""
     warmup = int(args.wd_warmup * (args.schedule_epochs or args.epochs))
@@ -355,8 +375,8 @@ def weight_decay(args: Args, epoch: int) -> float:
 def ema_decay(step: int, cap: float) -> float:
     """Decay of the EMA update after optimizer step `step` (0-based): ema_pytorch's warm-up
     1 - (1 + t)^(-2/3), t = step - 100, capped; 0 (a copy) up to step 100."""
-    t = step - EMA_AFTER
-    return 0.0 if t <= 0 else min(1 - (1 + t) ** -EMA_POWER, cap)
+    t = max(step - EMA_AFTER, 0)
+    return min(1 - (1 + t) ** -EMA_POWER, cap)
 
 
 @torch.no_grad()
@@ -384,27 +404,32 @@ def check(args: Args):
             (args.widths[0] % args.clusters or args.active[0] > args.widths[0] // args.clusters,
              f"--clusters {args.clusters} must cut stage 1 into blocks of --active[0] or more"),
             (any(k > c for k, c in zip(args.active, args.widths)), "--active exceeds --widths"),
-            (args.max_shift >= args.image_size, "--max-shift must be below the image size")]:
+            (args.max_shift >= args.image_size, "--max-shift must be below the image size"),
+            (args.latent_dim % 2, "--latent-dim must be even: the shift's sines and cosines")]:
         if failed:
             raise common.UserError(message)
 
 
 def phase_two_args(args: Args, given: set) -> tuple[Args, dict]:
     """--finetune-from: every setting of phase one but those typed now; the model and its
-    patterns (PHASE_ONE) always phase one's; 2000 epochs, no shift and no weight-decay
-    warm-up (PHASE_TWO) unless typed. Says which settings differ from phase one's."""
+    patterns (FROM_PHASE_ONE) always phase one's; 2000 epochs, no shift and no weight-decay
+    warm-up (PHASE_TWO_DEFAULTS) unless typed. Says which settings differ from phase one's."""
+    if args.phase_two_epochs:
+        raise common.UserError("--phase-two-epochs runs phase two after phase one; from "
+                               "--finetune-from, give phase two's length as --epochs")
     phase_one = common.load_checkpoint(args.finetune_from, method="deciphering")
     defaults = dataclasses.asdict(Args())
     stored = {**defaults, **{k: v for k, v in phase_one["args"].items() if k in defaults}}
-    ignored = sorted(k for k in PHASE_ONE if k in given and getattr(args, k) != stored[k])
+    ignored = sorted(k for k in FROM_PHASE_ONE if k in given and getattr(args, k) != stored[k])
     if ignored:
         print(f"phase two: ignoring {common.flags(ignored)}; the phase-one model keeps its own")
-    values = {k: v for k, v in stored.items() if k not in OWN}
-    values.update({k: getattr(args, k) for k in given if k not in PHASE_ONE})
-    values.update({k: v for k, v in PHASE_TWO.items() if k not in given})
-    values.update({k: getattr(args, k) for k in OWN})
+    values = {k: v for k, v in stored.items() if k not in NOT_INHERITED}
+    values.update({k: getattr(args, k) for k in given if k not in FROM_PHASE_ONE})
+    values.update({k: v for k, v in PHASE_TWO_DEFAULTS.items() if k not in given})
+    values.update({k: getattr(args, k) for k in NOT_INHERITED})
+    values["finetune_from"] = str(Path(args.finetune_from).resolve())  # eval.py, any folder
     changes = [f"{k} {stored[k]} -> {values[k]}" for k in values
-               if k not in OWN and values[k] != stored[k]]
+               if k not in NOT_INHERITED and values[k] != stored[k]]
     print(f"phase two from {args.finetune_from}: " + (", ".join(changes) or "no changes"))
     return Args(**values), phase_one
 
@@ -423,7 +448,7 @@ class Training:
     model: nn.Module
     ema: nn.Module
     optimizer: torch.optim.Optimizer
-    forward: nn.Module  # the model, in DDP under torchrun, compiled with --compile
+    wrapped: nn.Module  # what the step calls: the model in DDP (torchrun), compiled
     lpips_net: nn.Module
     first_images: torch.Tensor  # 32 training images, uint8, CPU, for reconstructions.png
 
@@ -434,6 +459,8 @@ def set_up(args: Args, given: set) -> Training:
     phase_one = None
     if args.finetune_from and not args.resume:
         args, phase_one = phase_two_args(args, given)
+    if args.dataset == "celeba" and not args.crop:
+        args = dataclasses.replace(args, crop=160)  # Sec. 4: the central 160 x 160 pixels
     args, checkpoint, device, train_images, _ = common.start(args, given, "deciphering")
     check(args)
     all_images = common.gather_rows(train_images)  # every process's shard (torchrun)
@@ -462,8 +489,6 @@ def set_up(args: Args, given: set) -> Training:
     lpips_net = load_lpips(device)  # before open_run restores the RNG: building it draws
     method = "deciphering-finetune" if args.finetune_from else "deciphering"
     folder, start_epoch = common.open_run(method, args, checkpoint, model, optimizer)
-    if phase_one and not checkpoint and common.is_main():  # so that phase one can find it
-        (Path(args.finetune_from) / PHASE_TWO_FILE).write_text(str(folder))
     ema = copy.deepcopy(model).requires_grad_(False)
     if checkpoint:
         ema.load_state_dict(checkpoint["ema"])
@@ -475,57 +500,59 @@ def set_up(args: Args, given: set) -> Training:
 def train(args: Args, given: set) -> Path:
     """Eq. (2) by AdamW with LPIPS, each image deciphered from its own pattern; returns the
     run folder. Phase two (--finetune-from) is the same loop without the shift."""
-    t = set_up(args, given)
-    args, device = t.args, t.device
-    patterns = common.shard(t.patterns).to(device)  # those of this process's images
+    training = set_up(args, given)
+    args, device, folder, images = training.args, training.device, training.folder, training.images
+    model, ema, optimizer = training.model, training.ema, training.optimizer
+    patterns = common.shard(training.patterns).to(device)  # those of this process's images
     fixed = torch.Generator().manual_seed(args.seed)  # grids comparable across epochs
     grid_patterns = draw_patterns(torch.randint(args.clusters, (64,), generator=fixed), args, fixed)
-    grid_noise = torch.randn(64, t.images.shape[1], args.image_size, args.image_size,
+    grid_noise = torch.randn(64, images.shape[1], args.image_size, args.image_size,
                              generator=fixed)
     batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
-    steps = len(t.images) // batch
-    for epoch in range(t.start_epoch, args.epochs):
+    steps = len(images) // batch
+    for epoch in range(training.start_epoch, args.epochs):
         lr_scale, wd = 0.1 ** sum(epoch >= e for e in args.lr_drops), weight_decay(args, epoch)
-        for group, lr in zip(t.optimizer.param_groups, (args.lr, args.mlp_lr)):
+        for group, lr in zip(optimizer.param_groups, (args.lr, mlp_rate(args))):
             group["lr"], group["weight_decay"] = lr * lr_scale, wd
-        t.model.train()
+        model.train()
         started, loss_sum = time.time(), torch.zeros((), device=device)
         g = common.epoch_generator(args.seed, epoch)
-        order = torch.randperm(len(t.images), generator=g)[:steps * batch].to(device)
+        order = torch.randperm(len(images), generator=g)[:steps * batch].to(device)
         bar = common.progress(order.view(steps, -1), desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, index in enumerate(bar):
             noise, masks, position, target = training_batch(
-                t.images[index], patterns[index], args, epoch)
+                images[index], patterns[index], args, epoch)
             with common.autocast(device):
-                output = t.forward(noise, masks, position)  # g_theta(z_i, r)
-                loss = lpips_loss(t.lpips_net, output, target, args.lpips_size)  # Eq. (2)
-            t.optimizer.zero_grad(set_to_none=True)
+                output = training.wrapped(noise, masks, position)  # g_theta(z_i, r)
+                loss = lpips_loss(training.lpips_net, output, target, args.lpips_size)  # Eq. (2)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            t.optimizer.step()
-            update_ema(t.ema, t.model, epoch * steps + step, args.ema_decay)
+            optimizer.step()
+            update_ema(ema, model, epoch * steps + step, args.ema_decay)
             loss_sum += loss.detach()
             if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
-                bar.set_postfix(lpips=f"{loss.item():.4f}")
-                common.stop_if_diverged(loss.item(), epoch, t.folder)
-        mean_lpips = common.mean_over_processes(loss_sum).item() / steps
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                common.stop_if_diverged(loss.item(), epoch, folder)
+        mean_loss = common.mean_over_processes(loss_sum).item() / steps  # the LPIPS
         seconds = time.time() - started
-        common.stop_if_diverged(mean_lpips, epoch, t.folder)
-        common.log_epoch(t.folder, {"epoch": epoch + 1, "lpips": mean_lpips,
-                                    "lr": args.lr * lr_scale, "weight_decay": wd,
-                                    "seconds": seconds,
-                                    "images_per_sec": steps * args.batch_size / seconds})
+        common.stop_if_diverged(mean_loss, epoch, folder)
+        common.log_epoch(folder, {"epoch": epoch + 1, "loss": mean_loss, "lr": args.lr * lr_scale,
+                                  "weight_decay": wd, "seconds": seconds,
+                                  "images_per_sec": steps * args.batch_size / seconds})
         if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
-            common.save_epoch(t.folder, "deciphering", args, epoch, t.model, t.optimizer,
-                              (t.images.shape[1], args.image_size), ema=t.ema.state_dict(),
-                              patterns=t.patterns.short(), labels=t.labels)
+            common.save_epoch(folder, "deciphering", args, epoch, model, optimizer,
+                              (images.shape[1], args.image_size), ema=ema.state_dict(),
+                              patterns=training.patterns.short(), labels=training.labels)
+            if args.finetune_from and common.is_main():  # phase one's --resume continues it
+                (Path(args.finetune_from) / PHASE_TWO_FILE).write_text(str(folder.resolve()))
             # 64 fixed new patterns, and 32 training images each with its own decoded
-            common.save_grid(generate(t.ema, grid_patterns, grid_noise, args),
-                             t.folder / "samples.png")
-            decoded = generate(t.ema, t.patterns[:32], grid_noise[:32], args)
-            common.save_reconstructions(t.first_images / 255, decoded.cpu(),
-                                        t.folder / "reconstructions.png")
-    print(f"done: grids, log.jsonl and checkpoint in {t.folder}")
-    return t.folder
+            common.save_grid(generate(ema, grid_patterns, grid_noise, args),
+                             folder / "samples.png")
+            decoded = generate(ema, training.patterns[:32], grid_noise[:32], args)
+            common.save_reconstructions(training.first_images / 255, decoded.cpu(),
+                                        folder / "reconstructions.png")
+    print(f"done: grids, log.jsonl and checkpoint in {folder}")
+    return folder
 
 
 # -- Sampling: new patterns decoded; the functions eval.py calls -------------------------
@@ -538,7 +565,7 @@ def generate(model, patterns, noise, args: Args, running_bn: bool = False) -> to
     split as evenly as can be, so no group is tiny) with their own statistics, in a copy of
     the model: the images depend on the patterns and noise, never on a caller's chunks."""
     device = next(model.parameters()).device
-    model = model.eval() if running_bn else copy.deepcopy(model).train()
+    model = copy.deepcopy(model).train(not running_bn)  # the caller's model stays as it is
     groups = math.ceil(len(patterns) / SAMPLE_BATCH)  # as equal as can be, none above 250
     images = []
     for p, z in zip(patterns.tensor_split(groups), noise.tensor_split(groups)):
@@ -571,39 +598,46 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
                           args.latent_dim)
     model.load_state_dict(checkpoint["ema"])
     uniform = torch.full((args.clusters,), 1.0 / args.clusters)
-    samplers = {"uniform": uniform, "running-bn": uniform}
-    if args.clusters > 1:
-        labels = checkpoint["labels"].long()
-        samplers["clusters"] = torch.bincount(labels, minlength=args.clusters) / len(labels)
+    labels = checkpoint["labels"].long()  # with one cluster, "clusters" is "uniform"
+    shares = torch.bincount(labels, minlength=args.clusters) / len(labels)
+    samplers = {"uniform": uniform, "running-bn": uniform, "clusters": shares}
     return common.Run(model.to(device).eval(), checkpoint["args"], samplers, Path(run_dir))
 
 
-TABLE_2 = {1: 48.72, 8: 42.83, 16: 45.88, 32: 44.15, 64: 44.39}  # phase one only, by clusters
+# The paper's FIDs of the `uniform` sampler. After phase one alone: Table 2, by clusters
+# (PAPER_KEY; test split, which the text compares it with). After both phases (phase one
+# read from --finetune-from's args.json): Table 1 by reference split, and Sec. 4's 47.69
+# (test) when phase one had no shift: BOTH_PHASES, by phase one's max_shift and the split.
+PAPER_KEY = ("clusters",)
+PAPER_FID = {(1,): {"uniform": 48.72}, (8,): {"uniform": 42.83}, (16,): {"uniform": 45.88},
+             (32,): {"uniform": 44.15}, (64,): {"uniform": 44.39}}
+BOTH_PHASES = {(8, "train"): 39.02, (8, "test"): 42.73, (0, "test"): 47.69}
+
+
+def paper_settings(key: tuple = (), phase_two: bool = False, **settings) -> dict:
+    """Every setting that matters of the paper's run (Args' defaults, the key's, and phase
+    two's own with phase_two), whatever the run keeps for itself (NOT_INHERITED)."""
+    paper = {**dataclasses.asdict(Args()), **dict(zip(PAPER_KEY, key)),
+             **(PHASE_TWO_DEFAULTS if phase_two else {}), **settings}
+    return {k: v for k, v in paper.items() if k not in (*NOT_INHERITED, "save_every")}
 
 
 def paper_fid(args: dict, ref: str = "test") -> dict:
-    """The paper's FID of the `uniform` sampler, only where every setting that matters is
-    the paper's: after both phases (phase one read from --finetune-from's args.json),
-    Table 1 (train 39.02, test 42.73), or 47.69 (test) when phase one had no shift; after
-    phase one alone, Table 2 by clusters (test, the split the text compares it with)."""
-    def differs(run: dict, phase_two: bool, **settings) -> list:
-        paper = {**dataclasses.asdict(Args()), **(PHASE_TWO if phase_two else {}), **settings}
-        return common.off_paper(run, {k: v for k, v in paper.items()
-                                      if k not in (*OWN, "save_every")})
-
+    """The paper's FID of the `uniform` sampler for this run, only where every setting that
+    matters is the paper's (PAPER_FID, BOTH_PHASES)."""
     if not args["finetune_from"]:
-        found = ref == "test" and args["clusters"] in TABLE_2 and not differs(
-            args, False, clusters=args["clusters"])
-        return {"uniform": TABLE_2[args["clusters"]]} if found else {}
+        return common.paper_row(args, ref, PAPER_FID, PAPER_KEY, paper_settings)
     phase_one_file = Path(args["finetune_from"]) / "args.json"
-    if differs(args, True) or not phase_one_file.is_file():
+    if common.off_paper(args, paper_settings(phase_two=True)):
+        return {}
+    if not phase_one_file.is_file():
+        print(f"no paper figure: phase one's {phase_one_file} is not there to check its settings")
         return {}
     phase_one = json.loads(phase_one_file.read_text())
-    if not differs(phase_one, False):
-        return {"uniform": {"train": 39.02, "test": 42.73}[ref]}
-    if not differs(phase_one, False, max_shift=0) and ref == "test":
-        return {"uniform": 47.69}  # Sec. 4: the whole protocol without geometric reg.
-    return {}
+    key = (phase_one["max_shift"], ref)
+    shift = paper_settings(max_shift=phase_one["max_shift"])
+    found = key in BOTH_PHASES and not common.off_paper(phase_one, shift)
+    return {"uniform": BOTH_PHASES[key]} if found else {}
 
 
 def main(args: Args, given: set):

@@ -1,7 +1,8 @@
 """Entropic autoencoder: batch-normed latent with entropic regularisation (Ghose et al. 2020).
 
-Paper: "Batch norm with entropic regularization turns deterministic autoencoders into
-generative models", A. Ghose, A. Rashwan and P. Poupart, UAI 2020,
+Needs common.py beside it: data, the backbone, run folder and checkpoints, torchrun, the
+ex-post samplers. Paper: "Batch norm with entropic regularization turns deterministic
+autoencoders into generative models", A. Ghose, A. Rashwan and P. Poupart, UAI 2020,
 https://arxiv.org/abs/2002.10631
 
 The method. The code of a deterministic autoencoder goes through a batch norm without
@@ -29,9 +30,9 @@ MVG 80.07, GMM 73.12, REC 29.77; CelebA N(0, I) 44.63, MVG 42.92, GMM 39.76, REC
     CelebA 64x64 (centre crop 140; spectral normalisation instead of L2):
         python eae.py --dataset celeba --data-root DATA --latent-dim 64 --lr 1e-3 --epochs 70
     MNIST (Fig. 1, lambda 0.05 and 1.0; neither L2 nor spectral normalisation):
-        python eae.py --dataset mnist --latent-dim 16 --reg-weight 0.05
-    Batch norm only, no entropy term (Sec. 5.2 ablation): --reg-weight 0 (the data set's
-    L2 or spectral norm stays; add --l2 0 --spectral-norm none for batch norm alone)
+        python eae.py --dataset mnist --latent-dim 16 --entropy-weight 0.05
+    Batch norm only, no entropy term (Sec. 5.2 ablation): --entropy-weight 0 (the data set's
+    L2 or spectral norm stays; add --l2-weight 0 --spectral-norm none for batch norm alone)
 
 Deviations and choices (the extracted paper lost most of its numbers; no code is public):
   - Architecture, data and batch size (100) follow Ghosh et al.'s RAE, which the paper
@@ -58,6 +59,9 @@ Deviations and choices (the extracted paper lost most of its numbers; no code is
   - Adam, lr 5e-4 (Ghosh et al.'s CIFAR-10 value; 1e-3 for CelebA as theirs), multiplied by
     --lr-decay = 0.97 after every epoch: the paper uses an exponential decay whose rate was
     lost in extraction. 100 epochs (Ghosh et al.'s CIFAR-10 budget; 70 for CelebA).
+  - The last epoch's model is kept and evaluated; the paper compares "the best checkpoint"
+    of each model (Sec. 5.2, by FID it seems, which it computes during training). Not
+    measured: picking by FID needs Inception passes every epoch.
   - The GMM and MVG samplers are the same as dae.py's (common.fit_samplers).
   - Under torchrun (README, "Several GPUs") the latent batch norm and the entropy estimate
     both work on one process's B/N codes: nearest neighbours are searched within a
@@ -79,9 +83,11 @@ import torch.nn as nn
 import common
 from common import arg
 
-# The paper's Table 1 FIDs (test-set reference), which eval.py prints beside ours.
-PAPER_FID = {"cifar10": {"rec": 29.77, "normal": 85.26, "mvg": 80.07, "gmm": 73.12},
-             "celeba": {"rec": 40.26, "normal": 44.63, "mvg": 42.92, "gmm": 39.76}}
+# The paper's Table 1 FIDs (test-set reference), which eval.py prints beside ours, keyed by
+# PAPER_KEY (paper_settings: the rest of each row's setting).
+PAPER_KEY = ("dataset",)
+PAPER_FID = {("cifar10",): {"rec": 29.77, "normal": 85.26, "mvg": 80.07, "gmm": 73.12},
+             ("celeba",): {"rec": 40.26, "normal": 44.63, "mvg": 42.92, "gmm": 39.76}}
 
 
 @dataclass
@@ -94,10 +100,11 @@ class Args:
     filters: int = arg(128, "filter base f: encoder stages have f, 2f, 4f, 8f filters", low=1)
     depth: list[int] = arg([1], "convs per stage (strided last): one value or four", low=1)
     latent_dim: int = arg(128, "latent units: 128 CIFAR-10, 64 CelebA, 16 MNIST", low=1)
-    reg_weight: float = arg(0.05, "lambda, weight of the entropy term (0: BN only)", low=0)
+    entropy_weight: float = arg(0.05, "lambda of Eq. (2), the entropy term's weight (0: BN "
+                                "only)", low=0, was="reg_weight")
     k: int = arg(1, "neighbour of the Kozachenko-Leonenko estimator", low=1)
-    l2: float = arg(-1.0, "weight of the L2 penalty on the decoder's transposed convs; -1: "
-                    "3e-3 for cifar10, 0 otherwise", low=-1)
+    l2_weight: float = arg(-1.0, "weight of the L2 penalty on the decoder's transposed convs; "
+                           "-1: 3e-3 for cifar10, 0 otherwise", low=-1, was="l2")
     spectral_norm: str = arg("auto", "spectral normalisation; auto: all layers for celeba, "
                              "none otherwise", choices=("auto", "none", "decoder", "all"))
     epochs: int = arg(100, "training epochs", low=1)
@@ -177,11 +184,13 @@ def decoder_l2(model: EAE) -> torch.Tensor:
                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
 
 
-def eae_loss(logits, x, z, l2, args: Args) -> dict:
+def eae_loss(logits, x, z, decoder_penalty, args: Args) -> dict:
     """Eq. (2) plus the L2 penalty: reconstruction - lambda * H_hat(z) + lambda_L2 * L2.
     Maximising the entropy estimate spreads the batch's codes apart."""
-    terms = {"rec": reconstruction_loss(logits, x), "entropy": knn_entropy(z, args.k), "l2": l2}
-    terms["loss"] = terms["rec"] - args.reg_weight * terms["entropy"] + args.l2 * l2  # Eq. (2)
+    terms = {"reconstruction": reconstruction_loss(logits, x), "entropy": knn_entropy(z, args.k),
+             "decoder_penalty": decoder_penalty}
+    terms["loss"] = (terms["reconstruction"] - args.entropy_weight * terms["entropy"]  # Eq. (2)
+                     + args.l2_weight * decoder_penalty)
     return terms
 
 
@@ -197,10 +206,10 @@ def learning_rate(args: Args, epoch: int) -> float:
 
 def paper_regulariser(args: Args) -> Args:
     """-1 / auto resolved as the paper: L2 3e-3 for CIFAR-10, spectral norm for CelebA."""
-    l2 = (3e-3 if args.dataset == "cifar10" else 0.0) if args.l2 < 0 else args.l2
+    l2 = (3e-3 if args.dataset == "cifar10" else 0.0) if args.l2_weight < 0 else args.l2_weight
     sn = ("all" if args.dataset == "celeba" else "none") if args.spectral_norm == "auto" \
         else args.spectral_norm
-    return dataclasses.replace(args, l2=l2, spectral_norm=sn)
+    return dataclasses.replace(args, l2_weight=l2, spectral_norm=sn)
 
 
 def train(args: Args, given: set):
@@ -210,15 +219,15 @@ def train(args: Args, given: set):
     if args.k >= batch:  # the estimate uses a process's own codes
         raise common.UserError(f"--k {args.k} needs batches of more than {args.k} codes; "
                                f"each process has {batch}")
-    data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
+    data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
     model = EAE(args, *data_shape).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     folder, start_epoch = common.open_run("eae", args, checkpoint, model, optimizer)
-    forward = common.parallel(model, args.compile, args.sync_bn)  # DDP under torchrun
+    wrapped = common.parallel(model, args.compile, args.sync_bn)  # DDP (torchrun), compiled
     print(f"entropy of N(0, I) in {args.latent_dim} dimensions: "
-          f"{normal_entropy(args.latent_dim):.2f} nats; L2 {args.l2:g}, spectral norm "
+          f"{normal_entropy(args.latent_dim):.2f} nats; L2 {args.l2_weight:g}, spectral norm "
           f"{args.spectral_norm}")
 
     steps = len(train_images) // batch
@@ -229,29 +238,30 @@ def train(args: Args, given: set):
             group["lr"] = lr
         model.train()
         started = time.time()
-        sums = torch.zeros(3, device=device)  # reconstruction, entropy, L2 over the epoch
+        names = ("reconstruction", "entropy", "decoder_penalty", "loss")  # logged as means
+        sums = torch.zeros(len(names), device=device)
         bar = common.progress(common.batches(train_images, batch, args.seed, epoch, args.flip),
                               total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, x in enumerate(bar):
             with common.autocast(device):
-                logits, z = forward(x)
-            l2 = decoder_l2(model) if args.l2 else torch.zeros((), device=device)
-            terms = eae_loss(logits, x, z, l2, args)  # Eq. (2) + L2
+                logits, z = wrapped(x)
+            penalty = decoder_l2(model) if args.l2_weight else torch.zeros((), device=device)
+            terms = eae_loss(logits, x, z, penalty, args)  # Eq. (2) + L2
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
-            sums += torch.stack([terms["rec"], terms["entropy"], l2]).detach()
+            sums += torch.stack([terms[k] for k in names]).detach()
             if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
-                bar.set_postfix(rec=f"{terms['rec'].item():.2f}",
+                bar.set_postfix(loss=f"{terms['loss'].item():.2f}",
                                 H=f"{terms['entropy'].item():.1f}")
                 common.stop_if_diverged(terms["loss"].item(), epoch, folder)
-        reconstruction, entropy, l2 = (common.mean_over_processes(sums) / steps).tolist()
-        common.stop_if_diverged(reconstruction - args.reg_weight * entropy, epoch, folder)
+        means = dict(zip(names, (common.mean_over_processes(sums) / steps).tolist()))
+        common.stop_if_diverged(means["loss"], epoch, folder)
         seconds = time.time() - started
         common.log_epoch(folder, {
-            "epoch": epoch + 1, "reconstruction": reconstruction, "entropy": entropy,
+            "epoch": epoch + 1, **means,
             # With BN's moments fixed this gap is KL(q || N(0, I)), up to the estimator's bias.
-            "entropy_gap": normal_entropy(args.latent_dim) - entropy, "l2": l2, "lr": lr,
+            "entropy_gap": normal_entropy(args.latent_dim) - means["entropy"], "lr": lr,
             "seconds": seconds, "images_per_sec": steps * args.batch_size / seconds})
         common.save_test_reconstructions(model, test_images, folder)
         # Samples looking good early predict the final FID (Appendix): a grid every epoch.
@@ -281,24 +291,22 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample
 
 
-def paper_settings(dataset: str) -> dict:
-    """The settings Table 1's figures are compared with: Args' defaults (our reading of
-    the paper, see Deviations) with the data set's latent units, regulariser, learning
-    rate and epochs (CelebA: 64, spectral norm, 1e-3, 70)."""
+def paper_settings(key: tuple) -> dict:
+    """Every setting of the paper's run that PAPER_FID[key] reports: Args' defaults (our
+    reading of the paper, see Deviations) with the data set's latent units, regulariser,
+    learning rate and epochs (CelebA: 64, spectral norm, 1e-3, 70)."""
+    (dataset,) = key
     settings = {**dataclasses.asdict(Args()), "dataset": dataset, "latent_dim": 128,
-                "l2": 3e-3, "spectral_norm": "none"}
-    if dataset == "celeba":
-        settings.update(latent_dim=64, l2=0.0, spectral_norm="all", lr=1e-3, epochs=70)
+                "l2_weight": 3e-3, "spectral_norm": "none"}
+    if key == ("celeba",):
+        settings.update(latent_dim=64, l2_weight=0.0, spectral_norm="all", lr=1e-3, epochs=70)
     return settings
 
 
 def paper_fid(args: dict, ref: str = "test") -> dict:
-    """The paper's Table 1 FIDs for this run's data set, by column: only when every setting
-    that matters is the paper's (paper_settings), against the test split."""
-    if ref != "test" or args["dataset"] not in PAPER_FID or common.off_paper(
-            args, paper_settings(args["dataset"])):
-        return {}
-    return PAPER_FID[args["dataset"]]
+    """The paper's Table 1 FIDs for this run's data set: only for its setting there
+    (common.paper_row)."""
+    return common.paper_row(args, ref, PAPER_FID, PAPER_KEY, paper_settings)
 
 
 def main(args: Args, given: set):

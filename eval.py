@@ -11,7 +11,10 @@ One protocol for every method, so that the columns of the papers' tables can be 
     --num-samples images drawn in one call from --seed and decoded on the device (so they
     do not depend on --batch-size); for methods with an encoder also
     REC (reconstructions of test images) and Interp (decoded midpoints of the codes of random
-    test pairs, as the RAE paper). Each image is quantised to 8 bits, as a PNG would be.
+    test pairs). Each image is quantised to 8 bits, as a PNG would be. A paper's REC or
+    Interp is printed beside ours only where it, too, is of test images: Daly et al.'s Test
+    R and Ghose et al.'s Reconstruction are; the RAE paper's REC and Interp are of its
+    validation images, mostly training images (rae.py), and are not printed.
   - Features: pytorch-fid's FID Inception (the 2015-12-05 TF weights), bilinear resize to
     299, fp32 with TF32 off; pool3 (2048-d) for FID and precision / recall, pool3 times the
     fc weight (no bias) for IS, as torch-fidelity.
@@ -93,8 +96,8 @@ def reference(net, run_args: dict, data_root: str, split: str, n: int, batch_siz
     weights or other data is never read."""
     dataset, size, crop = run_args["dataset"], run_args["image_size"], run_args["crop"]
     images = common.load_images(dataset, data_root, split, size, crop)
-    if len(images) > n:
-        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]]
+    # n of them, a seeded random choice (all of them, in a seeded order, when there are fewer)
+    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]]
     data_digest = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
     cache = (Path(data_root or ".") / "fid-stats" /
              f"{dataset}-{split}-n{len(images)}-data{data_digest}-"
@@ -106,7 +109,7 @@ def reference(net, run_args: dict, data_root: str, split: str, n: int, batch_siz
                                            for k in ("features", "mu", "sigma")}}
     features, _ = common.inception_outputs(
         net, (x.float() / 255 for x in images.split(batch_size)),
-        math.ceil(len(images) / batch_size), f"reference {split}")
+        total=math.ceil(len(images) / batch_size), desc=f"reference {split}")
     mu, sigma = common.gaussian_stats(features)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, mu=mu.cpu().numpy(), sigma=sigma.cpu().numpy(),
@@ -117,10 +120,6 @@ def reference(net, run_args: dict, data_root: str, split: str, n: int, batch_siz
 # ----------------------------------------------------------------------------------------
 # Image sources: samplers, reconstructions, interpolations (all in batches, [0, 1])
 # ----------------------------------------------------------------------------------------
-
-
-def chunks(n: int, size: int):
-    return [min(size, n - start) for start in range(0, n, size)]
 
 
 def generated(method, run, sampler: str, n: int, args: Args, save_dir: Path | None):
@@ -155,8 +154,8 @@ def interpolated(method, run, test: torch.Tensor, n: int, args: Args):
 # ----------------------------------------------------------------------------------------
 
 
-def score(net, batches, total: int, ref: dict, desc: str, args: Args) -> dict:
-    features, logits = common.inception_outputs(net, batches, total, desc)
+def score(net, batches, ref: dict, args: Args, desc: str = "", total: int = 0) -> dict:
+    features, logits = common.inception_outputs(net, batches, total=total, desc=desc)
     mu, sigma = common.gaussian_stats(features)
     is_mean, is_std = common.inception_score(logits)
     precision, recall = common.precision_recall(ref["features"], features)
@@ -165,6 +164,13 @@ def score(net, batches, total: int, ref: dict, desc: str, args: Args) -> dict:
     fid = common.frechet_distance(ref["mu"], ref["sigma"], mu, sigma, ref["root"])
     return {"fid": fid, "n": len(features), "kid_mean": kid_mean, "kid_std": kid_std,
             "is_mean": is_mean, "is_std": is_std, "precision": precision, "recall": recall}
+
+
+def smoke_test(columns: dict, ref: dict) -> bool:
+    """Fewer generated or reference images than the feature dimension (2048): singular
+    covariances, biased FID and precision / recall; fine for a smoke test only."""
+    fewest = min(len(ref["features"]), *(c["n"] for c in columns.values()))
+    return fewest < ref["features"].shape[1]
 
 
 def evaluate(run_dir: str, args: Args, net=None) -> dict:
@@ -192,24 +198,23 @@ def evaluate(run_dir: str, args: Args, net=None) -> dict:
             print(f"{run_dir}: figures read from its metrics.json (same request)")
             return {**old, "columns": {c: old["columns"][c] for c in wanted}}
     ref["root"] = common.psd_sqrt(ref["sigma"])  # once for every column
-    steps = len(chunks(n, args.batch_size))
     columns = {}
     if encoder:
         test = common.load_images(run.args["dataset"], data_root, "test", run.args["image_size"],
                                   run.args["crop"])[:n].to(device)
-        columns["rec"] = score(net, reconstructed(method, run, test, args.batch_size),
-                               math.ceil(len(test) / args.batch_size), ref, "REC", args)
+        columns["rec"] = score(net, reconstructed(method, run, test, args.batch_size), ref, args,
+                               desc="REC", total=math.ceil(len(test) / args.batch_size))
     for sampler in samplers:
         save_dir = Path(args.save_samples) / sampler if args.save_samples else None
         if save_dir is not None:
             save_dir.mkdir(parents=True, exist_ok=True)
-        columns[sampler] = score(net, generated(method, run, sampler, n, args, save_dir), steps,
-                                 ref, sampler, args)
+        columns[sampler] = score(net, generated(method, run, sampler, n, args, save_dir), ref,
+                                 args, desc=sampler, total=math.ceil(n / args.batch_size))
     if encoder:
-        columns["interp"] = score(net, interpolated(method, run, test, n, args), steps, ref,
-                                  "Interp", args)
+        columns["interp"] = score(net, interpolated(method, run, test, n, args), ref, args,
+                                  desc="Interp", total=math.ceil(n / args.batch_size))
     paper = method.paper_fid(run.args, args.ref) if hasattr(method, "paper_fid") else {}
-    smoke = min(c["n"] for c in columns.values()) < 2048 or len(ref["features"]) < 2048
+    smoke = smoke_test(columns, ref)
     metrics = {"method": method.__name__, "ref": args.ref, "num_samples": n, "smoke_test": smoke,
                "reference_images": len(ref["features"]), "columns": columns,
                "paper_fid": paper, "request": request, "provenance": common.provenance(device)}
@@ -228,14 +233,29 @@ def parzen_log_likelihood(samples, points, sigmas, batch_size: int = 200) -> tor
     """log p(x) under the Gaussian kernel density on samples [S, D], for each width sigma:
     log p(x) = logsumexp_s(-||x - s||^2 / (2 sigma^2)) - log S - (D/2) log(2 pi sigma^2).
     points [N, D] -> [len(sigmas), N], float64."""
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)[:, None, None]  # [W, 1, 1]
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)  # [W]
     n, dim = samples.shape
     rows = []
     for x in points.split(batch_size):
         dist2 = torch.cdist(x.double(), samples.double()) ** 2  # [b, S]
-        rows.append(torch.logsumexp(-dist2 / (2 * sigmas ** 2), dim=2) - math.log(n)
-                    - dim / 2 * torch.log(2 * math.pi * sigmas[..., 0] ** 2))
-    return torch.cat(rows, dim=1)
+        rows.append(torch.logsumexp(-dist2 / (2 * sigmas[:, None, None] ** 2), dim=2)
+                    - math.log(n) - dim / 2 * torch.log(2 * math.pi * sigmas[:, None] ** 2))
+    return torch.cat(rows, dim=1)  # [W, N]
+
+
+def parzen_validation(train_images: torch.Tensor, holdout: int) -> torch.Tensor:
+    """Where the width is chosen: the run's held-out training images, or, where it held
+    none out, the last tenth of its training images (at most 10,000), which it has seen."""
+    if holdout:
+        return train_images[len(train_images) - holdout:]
+    return train_images[len(train_images) - min(10000, len(train_images) // 10):]
+
+
+def parzen_points(images: torch.Tensor, dataset: str) -> torch.Tensor:
+    """Images [N, C, S, S] in [0, 1] -> points [N, D]; MNIST's zero border (2 pixels, added
+    to make 32x32) cut off again, as the paper's images are 28x28."""
+    cut = 2 if dataset == "mnist" else 0
+    return images[..., cut:-cut or None, cut:-cut or None].flatten(1).cpu()  # [N, C S' S']
 
 
 def parzen(run_dir: str, args: Args) -> dict:
@@ -243,23 +263,15 @@ def parzen(run_dir: str, args: Args) -> dict:
     method = common.method_of(run_dir)
     run = method.load_run(run_dir, common.pick_device(args.device))
     a, root = run.args, args.data_root or run.args["data_root"]
-    train_images = common.load_images(a["dataset"], root, "train", a["image_size"], a["crop"])
-    holdout = a.get("holdout", 0)
-    valid = (train_images[len(train_images) - holdout:] if holdout else
-             train_images[-min(10000, len(train_images) // 10):])
-    test = common.load_images(a["dataset"], root, "test", a["image_size"], a["crop"])[:10000]
-    cut = 2 if a["dataset"] == "mnist" else 0  # back to MNIST's own 28x28
-
-    def flat(images):  # [N, C, S, S] in [0, 1] -> [N, D]
-        return images[..., cut:images.shape[-1] - cut, cut:images.shape[-1] - cut].flatten(1).cpu()
+    load = lambda split: common.load_images(a["dataset"], root, split, a["image_size"],  # noqa
+                                            a["crop"]).float() / 255
+    valid = parzen_points(parzen_validation(load("train"), a.get("holdout", 0)), a["dataset"])
+    test = parzen_points(load("test")[:10000], a["dataset"])
     columns, n = {}, args.parzen_samples
     for name in args.samplers or run.samplers:
-        samples = torch.cat([flat(method.sample(run, min(500, n - i), name, args.seed + i))
-                             for i in range(0, n, 500)])  # [n, D]
-        best = parzen_log_likelihood(samples, flat(valid.float() / 255),
-                                     PARZEN_SIGMAS).mean(1).argmax()
-        ll = parzen_log_likelihood(samples, flat(test.float() / 255),
-                                   PARZEN_SIGMAS[best:best + 1])[0]  # [N] at the chosen width
+        samples = parzen_points(method.sample(run, n, name, args.seed), a["dataset"])  # [n, D]
+        best = parzen_log_likelihood(samples, valid, PARZEN_SIGMAS).mean(1).argmax()
+        (ll,) = parzen_log_likelihood(samples, test, PARZEN_SIGMAS[best, None])  # [N]
         columns[name] = {"log_likelihood": ll.mean().item(), "sigma": PARZEN_SIGMAS[best].item(),
                          "standard_error": (ll.std() / math.sqrt(len(ll))).item()}
     paper = method.paper_parzen(a, n) if hasattr(method, "paper_parzen") else ""
@@ -335,8 +347,8 @@ def folder_stats(net, path: str, batch_size: int):
                 raise common.UserError(f"the images in {path} differ in size; resize them first")
             yield torch.stack(images).permute(0, 3, 1, 2).float() / 255
 
-    features, _ = common.inception_outputs(net, batches(), math.ceil(len(files) / batch_size),
-                                           Path(path).name)
+    features, _ = common.inception_outputs(net, batches(), desc=Path(path).name,
+                                           total=math.ceil(len(files) / batch_size))
     return common.gaussian_stats(features)
 
 

@@ -1,5 +1,6 @@
 """Incremental-latent autoencoder + latent density estimator (IAE + LDE, Yoo et al. 2020).
 
+Needs common.py beside it: data, run folder and checkpoints, torchrun, the ex-post samplers.
 Paper: "Unprioritized autoencoder" (ICIP 2020; arXiv 1902.04294, "Density Estimation and
 Incremental Learning of Latent Vector for Generative Autoencoders"), J. Yoo, H. Lee and
 N. Kwak, https://arxiv.org/abs/1902.04294
@@ -33,39 +34,33 @@ Reproduce (every per-data-set setting defaults to the official scripts', PER_DAT
     The LDE on another run:  python iae_lde.py --fit-lde runs/dae-cifar10-<time>
 
 Deviations and choices (where the paper is silent we follow the official code, [C]):
-  - Autoencoder [C]: DCGAN-style, no fully connected layer: channels 64, 128, 256(, 512)
-    to a 4x4 map, a conv to the 1x1 code, the decoder its mirror (first ConvT without BN or
-    activation); orthogonal conv init, zero biases, BN weights from N(0, 0.02). Output [C]:
-    tanh on images in [-1, 1] (ae00: CIFAR-10, CelebA), sigmoid on [0, 1] (ae02: MNIST,
-    and digits), the MSE taken on that range.
-  - MNIST is 32x32 (zero-padded, as everywhere here): one more stride-2 layer and a 4x4 last
-    kernel where the official 28-px model has a 7x7 one; Parzen cuts the border off again.
-    Training uses the first 55,000 images, the last 5,000 choose the Parzen width (official
-    split_dataset.sh: 55k / 5k after an unseeded shuffle); digits holds out its last 150.
-  - Per data set [C]: d, W, beta, K, output and epochs of the official scripts, epochs being
-    the checkpoint the official LDE was fitted on (MNIST 390, CIFAR-10 250, CelebA 150).
-    CIFAR-10's was ae00(mse1.0)-(mwup128) under armdn00(50): no perceptual loss and K = 50
-    (train_armdn.sh, 53753c9), where the paper names beta = 0.1 and K = 30. digits takes
-    MNIST's settings, folder and fake CIFAR-10's.
-  - CelebA: a 140 centre crop resized to 64 (ours; the official align-crop-128 images were
-    made offline with a crop box the repository does not give).
-  - Perceptual loss [C]: conv3_1 before its ReLU (the paper says relu3_1), ImageNet
+  - Autoencoder [C]: DCGAN-style, no fully connected layer: channels 64, 128, 256(, 512) to
+    a 4x4 map, a conv to the 1x1 code, the decoder its mirror (first ConvT without BN or
+    activation); orthogonal conv init, zero biases, BN weights N(0, 0.02); tanh on [-1, 1]
+    (ae00: CIFAR-10, CelebA) or sigmoid on [0, 1] (ae02: MNIST, digits), the MSE in that range.
+  - MNIST is 32x32 (zero-padded, as everywhere here): one more stride-2 layer, a 4x4 last
+    kernel (official 28 px: 7x7); Parzen cuts the border off. Its last 5,000 training images
+    choose the Parzen width (official: 55k / 5k after an unseeded shuffle); digits' last 150.
+  - Per data set [C]: d, W, beta, K, output and epochs of the official scripts (the epoch the
+    official LDE was fitted at: MNIST 390, CIFAR-10 250, CelebA 150). CIFAR-10's had no
+    perceptual loss and K = 50 (train_armdn.sh, 53753c9); the paper names beta 0.1, K 30.
+    digits takes MNIST's settings, folder and fake CIFAR-10's. CelebA: a 140 centre crop
+    resized to 64 (ours; the official align-crop-128 box is not in the repository).
+  - Perceptual loss [C]: conv3_1 before its ReLU (the paper: relu3_1), ImageNet
     normalisation, grey repeated to RGB; torchvision's VGG19 file, first 11 layers.
   - LDE [C]: ceil(log2 d) blocks Conv1d(kernel 2, dilation 2^i) -> BatchNorm1d ->
-    LeakyReLU(0.2) of 16, 32, 64, .. channels (armdn00's list ends at 4096, i.e. d <= 512;
-    beyond, ours keeps doubling), a 1x1 conv to 3K, N(0, 0.02) init. The head's channels
-    are read as (pi, mu, sigma), the paper's order; the official code reads (mu, sigma, pi)
-    [equivalent: identically initialised channels relabelled]. In training mode its BN pools
-    statistics over all positions, the zero pad included [C]; in eval mode it is exactly
-    causal. logsumexp, not log(density + 1e-12); codes encoded once (eval mode, no flips).
-  - Sampling [C]: z_i from its mixture given z_<i, i = 1 .. d, temperature 1.
-  - LDE against the ex-post GMM (test-code NLL, nats per code; README "LDE against GMM"):
-    which wins depends on the number of codes and the length of the fit. On 1,500 CIFAR-10
-    codes (d 32) after 30 LDE epochs the LDE wins (2.6 against the GMM's 4.3, which
-    overfits); after 1,000 epochs it has memorised them (42.5; -29.4 on its own codes), as
-    on digits' 1,350 codes, where the GMM wins. On all 50,000 codes the GMM wins (-0.17)
-    after 30 LDE epochs (0.55) and after the official 200 (0.63; -1.65 on its own codes):
-    the paper's claim is not reproduced at this scale (MNIST's d 8 was not run here).
+    LeakyReLU(0.2) of 16, 32, 64, .. channels (armdn00's list ends at 4096, d <= 512; ours
+    keeps doubling), a 1x1 conv to 3K, N(0, 0.02) init; the head read as (pi, mu, sigma),
+    the paper's order (official: (mu, sigma, pi), identically initialised). Its training-mode
+    BN pools over all positions, the zero pad included [C]; eval mode is exactly causal.
+    logsumexp, not log(density + 1e-12); codes encoded once (eval mode, no flips).
+  - The LDE kept is that of the epoch with the lowest NLL on held-out codes, a seeded random
+    --lde-holdout (10%) of the training codes (files sorted by class would make the last
+    tenth one class); the official code validates on its validation split and keeps
+    snapshots. Measured (README, "The LDE against the Gaussians"; CIFAR-10 codes, d 32):
+    the held-out NLL is lowest at epoch 36 and rises after; that LDE scores 0.08 nats per
+    test code, an earlier fit's last (200th) epoch 0.63. Sampling [C]: z_i from its mixture
+    given z_<i, i = 1 .. d, temperature 1.
   - Under torchrun the active-dimension schedule is the same in every process; stage two
     runs in rank 0 alone (its codes are small); --fit-lde takes one process.
 """
@@ -88,17 +83,18 @@ from common import arg
 
 # The official scripts' settings per data set [C]; main() applies them to every flag not typed.
 PER_DATASET = {
-    "mnist": dict(latent_dim=8, warmup_epochs=96, perc_weight=0.0, components=30,
+    "mnist": dict(latent_dim=8, warmup_epochs=96, perc_weight=0.0, lde_components=30,
                   output="sigmoid", holdout=5000, epochs=390),
-    "cifar10": dict(latent_dim=256, warmup_epochs=128, perc_weight=0.0, components=50,
+    "cifar10": dict(latent_dim=256, warmup_epochs=128, perc_weight=0.0, lde_components=50,
                     output="tanh", holdout=0, epochs=250),
-    "celeba": dict(latent_dim=100, warmup_epochs=100, perc_weight=0.1, components=30,
+    "celeba": dict(latent_dim=100, warmup_epochs=100, perc_weight=0.1, lde_components=30,
                    output="tanh", holdout=0, epochs=150),
 }
 PER_DATASET.update(digits={**PER_DATASET["mnist"], "holdout": 150},
                    folder=PER_DATASET["cifar10"], fake=PER_DATASET["cifar10"])
 PAPER_PARZEN = "326 +- 2 nats, AE + LDE and IAE + LDE alike (Table 2; 28x28, ours 32x32)"
-LDE_SETTINGS = ("components", "lde_epochs", "lde_batch_size", "lde_lr", "lde_lr_drops")
+LDE_SETTINGS = ("lde_components", "lde_epochs", "lde_batch_size", "lde_lr", "lde_lr_drops",
+                "lde_holdout")
 LDE_FILE = "lde_checkpoint.pt"  # stage two's progress, so that an interrupted fit continues
 
 
@@ -110,22 +106,15 @@ class Args:
     crop: int = arg(0, "centre crop before resizing; 0: 140 for celeba, none otherwise", low=0)
     flip: bool = arg(False, "random horizontal flips (the official code uses none)")
     filters: int = arg(64, "width of the first conv; doubles per stride-2 layer", low=1)
-    # The defaults of the next seven are CIFAR-10's; other data sets get their own (PER_DATASET).
-    latent_dim: int = arg(256, "code size d (default shown: CIFAR-10's; MNIST 8, CelebA 100)",
-                          low=1)
-    warmup_epochs: float = arg(128, "W, epochs until all d dims are active, 0: a plain AE "
-                               "(default shown: CIFAR-10's; MNIST 96, CelebA 100)", low=0)
-    perc_weight: float = arg(0.0, "beta of Eq. (5) (default shown: CIFAR-10's and MNIST's; "
-                             "CelebA 0.1)", low=0)
-    output: str = arg("tanh", "decoder output: tanh on [-1, 1] or sigmoid on [0, 1] (default "
-                      "shown: CIFAR-10's, CelebA's; MNIST, digits sigmoid)",
-                      choices=("tanh", "sigmoid"))
-    holdout: int = arg(0, "last training images kept out of training to choose the Parzen "
-                       "width (default shown: CIFAR-10's; MNIST 5000, digits 150)", low=0)
-    epochs: int = arg(250, "autoencoder epochs (default shown: CIFAR-10's; MNIST 390, CelebA "
-                      "150)", low=1)
-    components: int = arg(50, "K, Gaussians per dimension in the LDE (default shown: "
-                          "CIFAR-10's; MNIST, CelebA 30)", low=1)
+    # The next seven show CIFAR-10's defaults; other data sets get their own (PER_DATASET).
+    latent_dim: int = arg(256, "code size d (MNIST 8, CelebA 100)", low=1)
+    warmup_epochs: float = arg(128, "W: epochs to all d dims active, 0: plain AE (MNIST 96)", low=0)
+    perc_weight: float = arg(0.0, "beta of Eq. (5) (CelebA 0.1)", low=0)
+    output: str = arg("tanh", "decoder output (MNIST: sigmoid)", choices=("tanh", "sigmoid"))
+    holdout: int = arg(0, "last training images left out for the Parzen width (MNIST 5000)", low=0)
+    epochs: int = arg(250, "autoencoder epochs (MNIST 390, CelebA 150)", low=1)
+    lde_components: int = arg(50, "K, Gaussians per LDE factor (MNIST, CelebA 30)", low=1,
+                              was="components")
     batch_size: int = arg(128, "autoencoder batch size", low=1)
     lr: float = arg(1e-3, "Adam learning rate of the autoencoder", low=0)
     lr_drops: list[int] = arg([20, 50, 100, 200], "epochs at which the lr halves", low=0)
@@ -133,6 +122,8 @@ class Args:
     lde_batch_size: int = arg(128, "LDE batch size", low=1)
     lde_lr: float = arg(2e-4, "Adam learning rate of the LDE", low=0)
     lde_lr_drops: list[int] = arg([15, 35, 60, 100], "epochs at which the LDE lr halves", low=0)
+    lde_holdout: float = arg(0.1, "share of the training codes held out; the LDE of the epoch "
+                             "best on them is kept (0: the last epoch's)", low=0)
     fit_lde: str = arg("", "only stage two: fit the LDE on the codes of this run (any method)")
     gmm_components: int = arg(10, "components of the ex-post GMM", low=1)
     seed: int = arg(0, "seed of initialisation, batch order and samplers")
@@ -245,14 +236,14 @@ def train(args: Args, given: set):
     """Stage one; ends with the ex-post N(0, I), MVG and GMM. Returns (folder, args)."""
     args, checkpoint, device, train_images, test_images = common.start(
         args, given, "iae_lde", resumable=LDE_SETTINGS)
-    data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
+    data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
     model = IAE(args, *data_shape).to(device)
     perceptual = Perceptual().to(device) if args.perc_weight > 0 else None
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.999))
     folder, start_epoch = common.open_run("iae_lde", args, checkpoint, model, optimizer)
-    forward = common.parallel(model, args.compile, args.sync_bn)  # DDP under torchrun
+    wrapped = common.parallel(model, args.compile, args.sync_bn)  # DDP (torchrun), compiled
 
     batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
     steps = len(train_images) // batch
@@ -268,7 +259,7 @@ def train(args: Args, given: set):
         for step, x in enumerate(bar):
             active = active_dims(args.latent_dim, args.warmup_epochs, epoch, step, steps)
             with common.autocast(device):
-                output, _ = forward(x, active)
+                output, _ = wrapped(x, active)
                 loss = autoencoder_loss(output, x, model.low, perceptual, args.perc_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -334,7 +325,7 @@ class LDESampler:
         self.lde, self.settings = lde.eval(), settings
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, device="cpu") -> torch.Tensor:
+    def sample(self, n: int, seed: int, device="cpu") -> torch.Tensor:
         """n codes [n, d] drawn one dimension at a time, z_i ~ p(z_i | z_<i)."""
         lde, g = self.lde.to(device), torch.Generator(device).manual_seed(seed)
         z = torch.zeros(n, lde.latent_dim, device=device)
@@ -342,7 +333,7 @@ class LDESampler:
             log_pi, mu, log_sigma = (p[:, i] for p in lde(z[:, :i + 1]))  # [n, K] each
             k = torch.multinomial(log_pi.exp(), 1, generator=g)  # [n, 1] component
             noise = torch.randn(n, 1, generator=g, device=device)
-            z[:, i] = (mu.gather(1, k) + log_sigma.gather(1, k).exp() * noise)[:, 0]
+            z[:, i] = (mu.gather(1, k) + log_sigma.gather(1, k).exp() * noise).squeeze(1)
         return z
 
     @torch.no_grad()
@@ -366,29 +357,34 @@ def sampler_from_state(state: dict) -> LDESampler:
 
 
 def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, source: int = 0):
-    """Eq. (4) by Adam on the codes [N, d]; continues from folder/LDE_FILE when that holds
-    a fit of the same settings, on codes of the same `source` (the encoder's epoch), that
-    has not gone past --lde-epochs."""
+    """Eq. (4) by Adam on the codes [N, d] but the last --lde-holdout of them, whose NLL
+    after each epoch picks the epoch whose LDE is kept (the official code keeps snapshots
+    and logs a validation NLL). Continues from folder/LDE_FILE when that holds a fit of the
+    same settings, on codes of the same `source` (the encoder's epoch), that has not gone
+    past --lde-epochs."""
     torch.manual_seed(args.seed)
-    lde = LDE(codes.shape[1], args.components).to(device)
+    lde = LDE(codes.shape[1], args.lde_components).to(device)
     optimizer = torch.optim.Adam(lde.parameters(), lr=args.lde_lr, betas=(0.5, 0.999))
     settings = {"latent_dim": codes.shape[1], "source": source, "seed": args.seed,
                 **{k: getattr(args, k) for k in LDE_SETTINGS if k != "lde_epochs"}}
-    start = 0
+    start, best = 0, {"nll": math.inf, "epoch": 0, "model": {}}  # on the held-out codes
     if (folder / LDE_FILE).exists():
         saved = torch.load(folder / LDE_FILE, map_location=device, weights_only=True)
         if saved["settings"] == settings and saved["epoch"] <= args.lde_epochs:
             lde.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
-            start = saved["epoch"]
+            start, best = saved["epoch"], saved["best"]
             print(f"continuing the LDE after its epoch {start}")
         else:
             print(f"fitting the LDE afresh: {LDE_FILE} holds a fit of other settings or of "
                   f"{saved['epoch']} epochs, more than --lde-epochs {args.lde_epochs}")
+    held = int(len(codes) * args.lde_holdout)  # a random share: files may be sorted by class
+    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(args.seed))
+    codes, held = codes[order[held:]].to(device), codes[order[:held]]
     if args.lde_batch_size > len(codes):
         raise common.UserError(f"--lde-batch-size {args.lde_batch_size} is larger than the "
-                               f"{len(codes)} codes")
-    codes, steps = codes.to(device), len(codes) // args.lde_batch_size
+                               f"{len(codes)} codes it trains on")
+    steps = len(codes) // args.lde_batch_size
     for epoch in range(start, args.lde_epochs):
         lr = args.lde_lr * 0.5 ** sum(epoch >= drop for drop in args.lde_lr_drops)
         for group in optimizer.param_groups:
@@ -403,40 +399,54 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, source: int
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
-        nll = loss_sum.item() / steps
-        common.stop_if_diverged(nll, epoch, folder)
-        common.log_epoch(folder, {"stage": "lde", "epoch": epoch + 1, "nll_per_dim": nll,
-                                  "lr": lr, "seconds": time.time() - started})
+        record = {"stage": "lde", "epoch": epoch + 1, "loss": loss_sum.item() / steps}
+        common.stop_if_diverged(record["loss"], epoch, folder)
+        if len(held):  # eval mode: batch norms with their running statistics; nats per dim
+            nll = -LDESampler(lde, {}).log_prob(held).mean().item() / codes.shape[1]
+            record["validation_loss"] = nll
+            if nll < best["nll"]:
+                best = {"nll": nll, "epoch": epoch + 1,
+                        "model": {k: v.clone() for k, v in lde.state_dict().items()}}
+        common.log_epoch(folder, {**record, "lr": lr, "seconds": time.time() - started})
         common.atomic_save({"settings": settings, "epoch": epoch + 1, "model": lde.state_dict(),
-                            "optimizer": optimizer.state_dict()}, folder / LDE_FILE)
-    return LDESampler(lde, {**settings, "lde_epochs": args.lde_epochs})
+                            "optimizer": optimizer.state_dict(), "best": best}, folder / LDE_FILE)
+    if best["model"]:
+        lde.load_state_dict(best["model"])
+        print(f"the LDE of epoch {best['epoch']} is kept: held-out NLL {best['nll']:.4f} per dim")
+    kept = best["epoch"] or args.lde_epochs
+    return LDESampler(lde, {**settings, "lde_epochs": args.lde_epochs, "kept_epoch": kept})
 
 
-def fit_lde(run_dir: str, args: Args, given: set):
-    """Stage two on any run with an encoder: encode its data (the images it trained on;
-    --data-root when typed, else the run's own), fit the LDE, store it in the run's
-    checkpoint as the sampler `lde`, write samples_lde.png and compare the samplers'
-    negative log-likelihood of the test codes."""
+def run_codes(run_dir: str, args: Args, given: set):
+    """A run of any method with an encoder, and the codes [N, d] of its training images (those
+    it trained on) and of its test images; the run's data unless --data-root is typed."""
     method, device = common.method_of(run_dir), common.pick_device(args.device)
     if not hasattr(method, "encode"):
         raise common.UserError(f"{run_dir} is a {method.__name__} run, which has no encoder; "
                                f"the LDE needs codes")
     run = method.load_run(run_dir, device)
     a, root = run.args, args.data_root if "data_root" in given else run.args["data_root"]
-    load = lambda split: common.load_images(a["dataset"], root, split, a["image_size"],  # noqa
-                                            a["crop"]).to(device)
-    images = {"train": load("train")[:-a.get("holdout", 0) or None], "test": load("test")}
-    folder = Path(run_dir)
-    codes = {split: common.encode_all(lambda x: method.encode(run, x), images[split])
-             for split in ("train", "test")}  # [N, d] each
+    images = {split: common.load_images(a["dataset"], root, split, a["image_size"], a["crop"])
+              for split in ("train", "test")}
+    images["train"] = images["train"][:len(images["train"]) - a.get("holdout", 0)]
+    return method, run, {split: common.encode_all(lambda x: method.encode(run, x),
+                                                  images[split].to(device)) for split in images}
+
+
+def fit_lde(run_dir: str, args: Args, given: set) -> dict:
+    """Stage two on any run with an encoder: the LDE fitted to its training codes, stored in
+    its checkpoint as the sampler `lde`, samples_lde.png, and each sampler's negative
+    log-likelihood of the test codes (logged and returned)."""
+    method, run, codes = run_codes(run_dir, args, given)
     print(f"stage two: the LDE on {len(codes['train'])} codes of dimension "
           f"{codes['train'].shape[1]}")
-    state = common.load_checkpoint(run_dir)
     if "lde" in run.samplers:
         old = run.samplers["lde"].settings
         print("replacing the run's LDE (" + (", ".join(f"{k} {old[k]}" for k in LDE_SETTINGS
                                                       if k in old) or "settings unknown") + ")")
-    run.samplers["lde"] = train_lde(codes["train"], args, folder, device, state["epoch"])
+    state, folder = common.load_checkpoint(run_dir), Path(run_dir)
+    run.samplers["lde"] = train_lde(codes["train"], args, folder,
+                                    next(run.model.parameters()).device, state["epoch"])
     common.save_samplers(state, run.samplers, folder / common.CHECKPOINT)
     common.save_grid(method.sample(run, 64, "lde", args.seed), folder / "samples_lde.png")
     nll = {name: -sampler.log_prob(codes["test"]).mean().item()
@@ -458,11 +468,16 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample  # decode: IAE.images
 
 
+def paper_settings() -> dict:
+    """Every setting of the official run whose Parzen figure Table 2 reports (MNIST)."""
+    return dataclasses.asdict(with_dataset_defaults(Args(dataset="mnist"), set()))
+
+
 def paper_parzen(run_args: dict, samples: int) -> str:
-    """Table 2's figure, which eval.py --parzen prints beside ours for a run with the
-    official MNIST settings and 10,000 samples; empty for any other run."""
-    paper = dataclasses.asdict(with_dataset_defaults(Args(dataset="mnist"), set()))
-    return PAPER_PARZEN if samples == 10000 and not common.off_paper(run_args, paper) else ""
+    """Table 2's figure, which eval.py --parzen prints beside ours for the official MNIST
+    run (paper_settings) and 10,000 samples; empty for any other run."""
+    found = samples == 10000 and not common.off_paper(run_args, paper_settings())
+    return PAPER_PARZEN if found else ""
 
 
 def with_dataset_defaults(args: Args, given: set, run_args: dict | None = None) -> Args:

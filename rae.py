@@ -1,8 +1,9 @@
 """Regularized autoencoders: RAE-L2, RAE-GP, RAE-SN, RAE and AE (Ghosh et al. 2020).
 
-Paper: "From Variational to Deterministic Autoencoders", P. Ghosh, M. S. M. Sajjadi,
-A. Vergari, M. Black and B. Schoelkopf, ICLR 2020, https://openreview.net/forum?id=S1g7tpEYDS
-(official code: github.com/ParthaEth/Regularized_autoencoders-RAE-)
+Needs common.py beside it: data, the backbone, run folder and checkpoints, torchrun, the
+ex-post samplers. Paper: "From Variational to Deterministic Autoencoders", P. Ghosh,
+M. S. M. Sajjadi, A. Vergari, M. Black and B. Schoelkopf, ICLR 2020,
+https://openreview.net/forum?id=S1g7tpEYDS; github.com/ParthaEth/Regularized_autoencoders-RAE-
 
 The method. A VAE can be read as a deterministic autoencoder whose decoder is fed noisy
 codes: the noise makes the decoder smooth and the KL term keeps the codes small. RAEs keep
@@ -19,11 +20,15 @@ density is fitted to the training codes after training (ex-post density estimati
     RAE-L2: L_REG = ||theta_D||_2^2                                 Eq. (13)
     RAE-SN: D spectrally normalised (lambda = 0); RAE: L_z only; AE: neither.
 
-Reproduce (FID with `python eval.py RUN_DIR`: REC | N(0,I) | MVG | GMM | Interp as Table 1;
-the paper's N column for RAEs is the fitted Gaussian, our MVG). V is any of rae-l2, rae-gp,
-rae-sn, rae, ae; each gets the official beta and lambda of its data set:
+Reproduce (FID with `python eval.py RUN_DIR`, whose N(0,I) | MVG | GMM columns are Table 1's
+samples; the paper's N column for RAEs is the fitted Gaussian, our MVG. Table 1's REC and
+Interp are of the official validation images, x_train[10000:], mostly training images; ours
+are of test images, so eval.py prints the paper's REC and Interp beside none of ours). V is
+any of rae-l2, rae-gp, rae-sn, rae, ae; each gets the official beta and lambda of its data
+set:
     CIFAR-10 (Table 1 GMM: RAE-L2 74.16, RAE-GP 76.33, RAE-SN 75.30, RAE 76.28, AE 76.47;
-    the official RAE-GP ran 70 epochs, add --epochs 70):
+    the official RAE-GP ran 70 epochs, add --epochs 70; the official RAE-SN normalised
+    every layer, add --sn-layers all, as for every data set):
         python rae.py --dataset cifar10 --variant V
     MNIST (padded to 32x32, latent 16; GMM: 8.69, 11.54, 11.74, 9.81, 10.66):
         python rae.py --dataset mnist --latent-dim 16 --variant V
@@ -31,7 +36,7 @@ rae-sn, rae, ae; each gets the official beta and lambda of its data set:
     45.10):
         python rae.py --dataset celeba --data-root DATA --latent-dim 64 --lr 1e-3 --epochs 70 \\
             --variant V
-    Spectral norm on every layer, as the official code: --variant rae-sn --sn-layers all
+    RAE-SN as the paper says (the decoder only; no Table 1 figure): --variant rae-sn
 
 Loss scale. The official code averages: mean squared error over the P pixels, beta_code *
 mean_d z^2, gamma_code * mean_d (grad)^2, lambda_code * sum W^2. This file sums as the
@@ -58,11 +63,16 @@ Deviations and choices:
     0.5, patience 5, min_delta 1e-4 on the mean-scale loss, so 1e-4 P on ours; halve when
     5 epochs in a row were not better, then count again); PyTorch's own scheduler would
     use a relative threshold and halve one epoch later (KerasPlateau).
-  - Validation: the last tenth of the training split is held out of training; its loss
-    drives the learning-rate halving. The official code's validation set overlaps its
-    training set by 40k images. The ex-post densities are fitted on the other nine tenths
-    (the codes the model trained on); the official code fits them on the whole training
-    split (a tenth more codes; not measured). We keep the last epoch, not the best one.
+  - Validation, as the official data loader: MNIST and CIFAR-10 train on their first
+    50,000 / 40,000 training images and validate on the last 10,000; CelebA trains on its
+    train partition and validates on its valid partition; other data sets hold out their
+    last tenth. The validation loss drives the learning-rate halving. The official
+    validation set, x_train[10000:], also holds 40,000 (MNIST) / 30,000 (CIFAR-10) of the
+    training images; ours only the 10,000 never trained on. The ex-post densities are
+    fitted on the training codes, as the official code. We keep the last epoch; the
+    official code evaluates the one of lowest validation loss (not measured). The
+    official batches come in file order, never shuffled (its iterator ignores `shuffle`);
+    ours are shuffled every epoch (not measured).
   - GMM: scikit-learn, 10 components, full covariance, max_iter 2000, tol 1e-3 (official).
   - Under torchrun the validation loss is averaged over the processes, so all halve the
     learning rate at once; L_z, the L2, GP and SN terms are per image or per weight and do
@@ -82,6 +92,9 @@ import common
 from common import arg
 
 VARIANTS = ("rae-l2", "rae-gp", "rae-sn", "rae", "ae")
+# Validation images at the end of the training split (official data loader); CelebA has its
+# own valid partition, other data sets give their last tenth.
+VALIDATION = {"mnist": 10000, "cifar10": 10000}
 # Official (beta_code, regulariser_code) per data set and variant (configurations/config.py).
 OFFICIAL = {
     "mnist": {"rae-gp": (1e-4, 5e-8), "rae-l2": (1e-4, 1e-7), "rae-sn": (9e-3, 0),
@@ -91,19 +104,17 @@ OFFICIAL = {
     "celeba": {"rae-gp": (1e-4, 1e-7), "rae-l2": (1e-4, 1e-7), "rae-sn": (2.4e-3, 0),
                "rae": (1e-4, 0), "ae": (0, 0)},
 }
-# Table 1 of the paper (test-set reference): (REC, N = fitted Gaussian, GMM, Interp), which
-# eval.py prints beside ours. Only some cells could be checked against the official configs.
-PAPER_FID = {
-    "cifar10": {"rae-gp": (32.17, 83.05, 76.33, 64.08), "rae-l2": (32.24, 80.80, 74.16, 62.54),
-                "rae-sn": (27.61, 84.25, 75.30, 63.62), "rae": (29.05, 83.87, 76.28, 63.27),
-                "ae": (30.52, 84.74, 76.47, 61.57)},
-    "mnist": {"rae-gp": (14.04, 22.21, 11.54, 15.32), "rae-l2": (10.53, 22.22, 8.69, 14.54),
-              "rae-sn": (15.65, 19.67, 11.74, 15.15), "rae": (11.67, 23.92, 9.81, 14.67),
-              "ae": (12.95, 24.32, 10.66, 14.70)},
-    "celeba": {"rae-gp": (39.71, 116.30, 45.63, 47.00), "rae-l2": (43.52, 51.13, 47.97, 45.98),
-               "rae-sn": (36.01, 44.74, 40.95, 39.53), "rae": (40.18, 48.20, 44.68, 43.67),
-               "ae": (40.79, 127.85, 45.10, 50.94)},
-}
+# Table 1's sample FIDs (test-set reference), keyed by PAPER_KEY: its N column (a fitted
+# Gaussian: our MVG) and GMM. (Its REC and Interp are of validation images: docstring.)
+PAPER_KEY = ("dataset", "variant")
+PAPER_FID = {(dataset, variant): {"mvg": n, "gmm": gmm} for dataset, row in {
+    "cifar10": {"rae-gp": (83.05, 76.33), "rae-l2": (80.80, 74.16), "rae-sn": (84.25, 75.30),
+                "rae": (83.87, 76.28), "ae": (84.74, 76.47)},
+    "mnist": {"rae-gp": (22.21, 11.54), "rae-l2": (22.22, 8.69), "rae-sn": (19.67, 11.74),
+              "rae": (23.92, 9.81), "ae": (24.32, 10.66)},
+    "celeba": {"rae-gp": (116.30, 45.63), "rae-l2": (51.13, 47.97), "rae-sn": (44.74, 40.95),
+               "rae": (48.20, 44.68), "ae": (127.85, 45.10)},
+}.items() for variant, (n, gmm) in row.items()}
 
 
 @dataclass
@@ -200,22 +211,25 @@ def decoder_l2(model: RAE, include_dense: bool) -> torch.Tensor:
     return sum(m.weight.square().sum() for m in layers)
 
 
-def loss_terms(model: RAE, x: torch.Tensor, args: Args, forward=None) -> dict:
-    """L_REC, L_z and L_REG of a batch (L_REG 0 where the variant has none)."""
-    logits, z = (forward or model)(x)
-    terms = {"rec": reconstruction_loss(logits, x), "lz": latent_loss(z)}
+def loss_terms(model: RAE, x: torch.Tensor, args: Args, wrapped=None) -> dict:
+    """L_REC, L_z and L_REG of a batch (L_REG 0 where the variant has none). The forward
+    pass goes through `wrapped` (the model in DDP or compiled, in training) when given; the
+    L2 penalty reads the weights of `model` itself."""
+    logits, z = (wrapped or model)(x)
+    terms = {"reconstruction": reconstruction_loss(logits, x), "code_penalty": latent_loss(z)}
     if args.variant == "rae-gp":
-        terms["reg"] = gradient_penalty(z, logits)
+        terms["decoder_penalty"] = gradient_penalty(z, logits)
     elif args.variant == "rae-l2":
-        terms["reg"] = decoder_l2(model, include_dense=args.dataset == "celeba")
+        terms["decoder_penalty"] = decoder_l2(model, include_dense=args.dataset == "celeba")
     else:
-        terms["reg"] = torch.zeros((), device=x.device)
+        terms["decoder_penalty"] = torch.zeros((), device=x.device)
     return terms
 
 
 def rae_loss(terms: dict, beta: float, reg_weight: float) -> torch.Tensor:
     """Eq. (11): L_REC + beta L_z + lambda L_REG."""
-    return terms["rec"] + beta * terms["lz"] + reg_weight * terms["reg"]
+    return (terms["reconstruction"] + beta * terms["code_penalty"]
+            + reg_weight * terms["decoder_penalty"])
 
 
 class KerasPlateau:
@@ -251,14 +265,24 @@ class KerasPlateau:
 # ----------------------------------------------------------------------------------------
 
 
+def validation_split(args: Args, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) images of this process, from its shard of the training
+    split: CelebA's valid partition, else the last images of the split (VALIDATION)."""
+    if args.dataset == "celeba":
+        valid = common.load_images("celeba", args.data_root, "valid", args.image_size, args.crop)
+        return images, common.shard(valid).to(images.device)
+    every = common.gather_rows(images)  # the whole split, in order
+    n_val = VALIDATION.get(args.dataset, len(every) // 10)
+    return common.shard(every[:len(every) - n_val]), common.shard(every[len(every) - n_val:])
+
+
 def train(args: Args, given: set):
     args, checkpoint, device, train_images, test_images = common.start(args, given, "rae")
-    n_val = max(1, len(train_images) // 10)  # held out for the learning-rate schedule
-    train_images, val_images = train_images[:-n_val], train_images[-n_val:]
+    train_images, val_images = validation_split(args, train_images)
     if common.local_batch(args.batch_size) > len(train_images):
         raise common.UserError(f"--batch-size {args.batch_size} is larger than the "
                                f"{len(train_images)} training images left after validation")
-    data_shape = train_images.shape[1], train_images.shape[-1]  # channels, image size
+    data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
     beta, reg_weight = weights(args, data_shape[0] * data_shape[1] ** 2)
     print(f"{args.variant}: beta {beta:.4g}, lambda {reg_weight:.4g} (summed losses)")
     model = RAE(args, *data_shape).to(device)
@@ -272,39 +296,41 @@ def train(args: Args, given: set):
     if checkpoint is not None:
         plateau.load_state_dict(checkpoint["plateau"])
     # RAE-GP differentiates twice, which compiled graphs do not support: it runs eagerly.
-    forward = common.parallel(model, args.compile and args.variant != "rae-gp", args.sync_bn)
+    wrapped = common.parallel(model, args.compile and args.variant != "rae-gp", args.sync_bn)
 
     batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
     steps = len(train_images) // batch
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        started, sums = time.time(), torch.zeros(3, device=device)
+        started, sums = time.time(), torch.zeros(4, device=device)  # the 3 terms, the loss
         bar = common.progress(common.batches(train_images, batch, args.seed, epoch),
                               total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
         for step, x in enumerate(bar):
             with common.autocast(device):
-                terms = loss_terms(model, x, args, forward)
-            loss = rae_loss(terms, beta, reg_weight)  # Eq. (11)
+                terms = loss_terms(model, x, args, wrapped)
+            terms["loss"] = rae_loss(terms, beta, reg_weight)  # Eq. (11)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["loss"].backward()
             optimizer.step()
             sums += torch.stack(list(terms.values())).detach()
             if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
-                bar.set_postfix(rec=f"{terms['rec'].item():.2f}")
-                common.stop_if_diverged(loss.item(), epoch, folder)
-        rec, lz, reg = (common.mean_over_processes(sums) / steps).tolist()
+                bar.set_postfix(loss=f"{terms['loss'].item():.2f}")
+                common.stop_if_diverged(terms["loss"].item(), epoch, folder)
+        means = dict(zip(terms, (common.mean_over_processes(sums) / steps).tolist()))
         model.eval()  # validation loss (BN with running statistics) drives the lr
         with torch.enable_grad() if args.variant == "rae-gp" else torch.no_grad():
-            val = [rae_loss(loss_terms(model, x.float() / 255, args), beta, reg_weight).item()
-                   for x in val_images.split(args.batch_size)]
-        val_loss = common.mean_over_processes(torch.tensor(sum(val) / len(val))).item()
-        common.stop_if_diverged(val_loss, epoch, folder)
+            val = sum(len(x) * rae_loss(loss_terms(model, x.float() / 255, args), beta,
+                                        reg_weight).item()
+                      for x in val_images.split(args.batch_size))
+        # The mean over the validation images, as Keras' evaluation weighs its batches.
+        validation_loss = common.mean_over_processes(torch.tensor(val / len(val_images))).item()
+        common.stop_if_diverged(validation_loss, epoch, folder)
         lr = optimizer.param_groups[0]["lr"]
-        plateau.step(val_loss)
+        plateau.step(validation_loss)
         seconds = time.time() - started
-        common.log_epoch(folder, {"epoch": epoch + 1, "rec": rec, "lz": lz, "reg": reg,
-                                  "val_loss": val_loss, "lr": lr, "seconds": seconds,
+        common.log_epoch(folder, {"epoch": epoch + 1, **means, "validation_loss": validation_loss,
+                                  "lr": lr, "seconds": seconds,
                                   "images_per_sec": steps * args.batch_size / seconds})
         common.save_test_reconstructions(model, test_images, folder)
         state = common.save_epoch(folder, "rae", args, epoch, model, optimizer, data_shape,
@@ -331,26 +357,25 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample
 
 
-def official_settings(dataset: str, variant: str) -> dict:
-    """Every setting of the official run of Table 1 (configurations/config.py): latent
-    units, learning rate and epochs per data set (CIFAR-10 RAE-GP: 70 epochs), the rest as
+def paper_settings(key: tuple) -> dict:
+    """Every setting of the official run of Table 1's row `key` (configurations/config.py):
+    latent units, learning rate and epochs per data set (CIFAR-10 RAE-GP: 70 epochs),
+    spectral norm on every layer for RAE-SN (spec_norm_on_dec_only False), the rest as
     Args' defaults (batch 100, f 128, official weights)."""
+    dataset, variant = key
     latent, lr, epochs = {"mnist": (16, 5e-4, 100), "cifar10": (128, 5e-4, 100),
                           "celeba": (64, 1e-3, 70)}[dataset]
-    if (dataset, variant) == ("cifar10", "rae-gp"):
+    if key == ("cifar10", "rae-gp"):
         epochs = 70
+    sn_layers = "all" if variant == "rae-sn" else Args().sn_layers
     return {**dataclasses.asdict(Args()), "dataset": dataset, "variant": variant,
-            "latent_dim": latent, "lr": lr, "epochs": epochs}
+            "latent_dim": latent, "lr": lr, "epochs": epochs, "sn_layers": sn_layers}
 
 
 def paper_fid(args: dict, ref: str = "test") -> dict:
-    """Table 1's FIDs for this run's data set and variant: only when every setting that
-    matters is the official one (official_settings), against the test split."""
-    table = PAPER_FID.get(args["dataset"], {}).get(args["variant"])
-    if ref != "test" or table is None or common.off_paper(
-            args, official_settings(args["dataset"], args["variant"])):
-        return {}
-    return dict(zip(("rec", "mvg", "gmm", "interp"), table))
+    """Table 1's sample FIDs (N as our MVG, GMM) for this run: only for the official run of
+    its data set and variant (common.paper_row). Its REC and Interp: docstring."""
+    return common.paper_row(args, ref, PAPER_FID, PAPER_KEY, paper_settings)
 
 
 def main(args: Args, given: set):

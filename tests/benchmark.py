@@ -133,7 +133,7 @@ def build(method: str, device, small: bool) -> Step:
 
         args = I.with_dataset_defaults(I.Args(dataset="cifar10"), set())
         d = 16 if small else args.latent_dim
-        model = I.LDE(d, args.components).to(device)
+        model = I.LDE(d, args.lde_components).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lde_lr, betas=(0.5, 0.999))
         codes = lambda: torch.randn(args.lde_batch_size, d, device=device, generator=g)  # noqa
         return Step(model, optimizer, codes, lambda m, z: m(z),
@@ -285,7 +285,8 @@ def eval_section(device, small: bool, n: int) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     started = time.perf_counter()
     batches = eval_module.generated(dae, run, "normal", n, args, None)
-    scores = eval_module.score(net, batches, math.ceil(n / args.batch_size), ref, "column", args)
+    scores = eval_module.score(net, batches, ref, args, desc="column",
+                               total=math.ceil(n / args.batch_size))
     sync()
     column_s = time.perf_counter() - started
     print(f"\n| eval.py, one column, {device} ({weights} Inception) | samples | seconds |\n"

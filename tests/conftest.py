@@ -58,6 +58,11 @@ def checkout_stays_clean():
         assert after == before, f"the tests wrote into the checkout: {set(after) - set(before)}"
 
 
+# The defaults of the options every method file shares, as the README documents them.
+RUN_OPTIONS = dict(data_root="data", seed=0, device="auto", compile=False, sync_bn=False,
+                   out_dir="runs", resume="")
+
+
 def script_env() -> dict:
     """The environment of a script the tests start: offline, no GPU."""
     path = os.pathsep.join(filter(None, [str(OFFLINE), os.environ.get("PYTHONPATH")]))
@@ -77,6 +82,8 @@ def torch_home(tmp_path_factory):
     names pytorch-fid and torchvision (for LPIPS and the perceptual loss) look for."""
     from fakes import write_random_alexnet, write_random_inception, write_random_vgg19
 
+    if os.environ.get("SWEEP_TORCH_HOME"):  # tests/sweep.py writes one for all its runs
+        return Path(os.environ["SWEEP_TORCH_HOME"])
     home = tmp_path_factory.mktemp("torch_home")
     write_random_inception(home)
     write_random_alexnet(home)
@@ -118,6 +125,18 @@ def cli_error(module, argv, capsys) -> str:
     assert stop.value.code not in (0, None), err
     assert "Traceback" not in err
     return err.strip().splitlines()[-1]
+
+
+def recorded(monkeypatch, module, name: str) -> list:
+    """What `module.name(...)` returns from now on, call by call (it still runs)."""
+    calls, function = [], getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(function(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
 
 
 def log_records(folder):

@@ -14,7 +14,7 @@ def layers(module, kind):
     return [m for m in module.modules() if isinstance(m, kind)]
 
 
-@pytest.mark.parametrize("channels, size", [(1, 32), (3, 32), (3, 64)])
+@pytest.mark.parametrize("channels, size", [(1, 32), (3, 32), (3, 64), (3, 16)])
 @pytest.mark.parametrize("depth", [1, [2], [3, 3, 2, 1]])
 def test_shapes(channels, size, depth):
     encoder = common.Encoder(channels, size, filters=4, depth=depth)
@@ -38,9 +38,20 @@ def test_layer_layout():
     assert [(c.out_channels, c.stride) for c in transposed] == [(16, (2, 2)), (8, (2, 2)),
                                                                 (3, (1, 1))]
     assert len(layers(decoder, nn.Conv2d)) == (2 - 1) + (3 - 1)  # stride-1 convs of stages
-    big = common.Decoder(3, 64, filters=4, latent_dim=6)
+    big = common.Decoder(3, 64, filters=4, depth=1, latent_dim=6)
     assert [c.out_channels for c in layers(big, nn.ConvTranspose2d)] == [16, 8, 4, 3]
     assert all(c.kernel_size == (5, 5) for c in layers(big, nn.ConvTranspose2d))
+
+
+def test_encoder_reads_images_in_minus_one_to_one():
+    """The official MNIST / CIFAR-10 code feeds its nets images in [-1, 1]: images in [0, 1]
+    reach the first conv as 2x - 1 (which matters without the batch norms after it)."""
+    encoder = common.Encoder(3, 32, filters=4, depth=1)
+    seen = []
+    encoder.convs[0].register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0]))
+    x = torch.rand(2, 3, 32, 32)
+    encoder(x)
+    torch.testing.assert_close(seen[0], 2 * x - 1)
 
 
 def tf_padding(side, kernel, stride):
@@ -50,7 +61,8 @@ def tf_padding(side, kernel, stride):
     return total // 2, total - total // 2
 
 
-@pytest.mark.parametrize("kernel, stride", [(4, 2), (5, 2), (4, 1), (5, 1)])
+@pytest.mark.parametrize("kernel, stride", [(4, 2), (5, 2), (4, 1), (5, 1), (2, 2), (1, 1),
+                                            (1, 2)])
 def test_same_conv_pads_as_tensorflow(kernel, stride):
     torch.manual_seed(0)
     conv = common.SameConv(2, 3, kernel, stride)
@@ -82,7 +94,7 @@ def test_same_transposed_conv_is_the_adjoint_of_the_same_conv(kernel, stride):
 def test_keras_constants():
     """Glorot-uniform kernels, zero biases, batch-norm momentum 0.99 (PyTorch 0.01), eps 1e-3."""
     torch.manual_seed(0)
-    decoder = common.Decoder(3, 32, filters=8, latent_dim=6)
+    decoder = common.Decoder(3, 32, filters=8, depth=1, latent_dim=6)
     for bn in layers(decoder, nn.BatchNorm2d):
         assert (bn.momentum, bn.eps) == (0.01, 1e-3)
     linear = decoder.from_latent  # Glorot: U(-a, a), a = sqrt(6 / (fan_in + fan_out))
@@ -103,8 +115,8 @@ def keras_matrix(layer):
 
 def test_spectral_norm_normalises_the_keras_matrix():
     torch.manual_seed(0)
-    decoder = common.Decoder(3, 32, filters=4, latent_dim=6)
-    encoder = common.Encoder(3, 32, filters=4)
+    decoder = common.Decoder(3, 32, filters=4, depth=1, latent_dim=6)
+    encoder = common.Encoder(3, 32, filters=4, depth=1)
     common.spectral_norm(decoder, encoder)
     decoder.train(), encoder.train()
     for _ in range(40):  # one power iteration per training forward pass
@@ -122,4 +134,11 @@ def test_bad_depth_or_size():
     with pytest.raises(common.UserError, match="--depth"):
         common.Encoder(3, 32, filters=4, depth=[1, 2])
     with pytest.raises(common.UserError, match="multiple of 16"):
-        common.Encoder(3, 40, filters=4)
+        common.Encoder(3, 40, filters=4, depth=1)
+    for size in (48, 128):
+        with pytest.raises(common.UserError, match="16, 32 or 64"):
+            common.Decoder(3, size, filters=4, depth=1, latent_dim=6)
+    with pytest.raises(common.UserError, match="--depth"):
+        common.Encoder(3, 32, filters=4, depth=[0])
+    encoder = common.Encoder(1, 256, filters=4, depth=1)  # the encoder alone takes any size
+    assert encoder(torch.rand(2, 1, 256, 256)).shape == (2, encoder.out_features) == (2, 8192)

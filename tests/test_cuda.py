@@ -1,7 +1,8 @@
 """The CUDA path, skipped without a GPU: each method's loss on CUDA equals the CPU's for the
 same weights and batch (fp32 with TF32 off to 1e-4 relative; bf16 autocast within 5e-2),
 optimizer steps under bf16 + channels_last stay finite and lower the loss, training,
-sampling, eval.py and resume run on the GPU, and the ex-post samplers see fp32 codes.
+sampling, eval.py and resume run on the GPU, the ex-post samplers see fp32 codes, and the
+Inception features equal the CPU's (TF32 off while they are computed).
 
 What holds on resume: the run continues from its checkpoint with its weights, optimizer
 and random state; the weights are not bit-identical to an uninterrupted run's, since cuDNN
@@ -105,3 +106,15 @@ def test_deciphering_samples_on_the_gpu(weights, tmp_path):
     for sampler in run.samplers:
         images = D.sample(run, 8, sampler, seed=1)
         assert images.is_cuda and images.shape == (8, 3, 32, 32)
+
+
+def test_inception_features_on_the_gpu_equal_the_cpus(weights):
+    """inception_outputs turns TF32 off (and restores it): features of the same images on
+    CUDA match the CPU's to fp32 accuracy even while TF32 is on for training."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    net = common.Inception()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cpu, _ = common.inception_outputs(net, [x])
+    gpu, _ = common.inception_outputs(net.to("cuda"), [x])
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5 * cpu.abs().max().item())
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32

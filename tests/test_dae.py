@@ -10,7 +10,19 @@ from torch.distributions import Bernoulli
 
 import common
 import dae
-from conftest import cli_error, log_records, train
+from conftest import RUN_OPTIONS, cli_error, log_records, recorded, train
+
+
+def test_defaults_are_the_papers_setting():
+    """Daly et al. Sec. 3 and Table 2: CIFAR-10, f = 128 on one conv per stage, 128 latents,
+    100 epochs of batches of 128, Adam at 1e-3 after one warm-up epoch at 1e-4, a GMM of
+    10 components; no augmentation, no latent norm, noise or frozen layer (Sec. 4's
+    variants are options)."""
+    paper = dict(dataset="cifar10", image_size=0, crop=0, flip=False, filters=128, depth=[1],
+                 latent_dim=128, latent_norm="none", noise_std=0.0, freeze_latent=False,
+                 batch_norm=True, epochs=100, schedule_epochs=0, batch_size=128, lr=1e-3,
+                 warmup_lr=1e-4, gmm_components=10)
+    assert dataclasses.asdict(dae.Args()) == {**paper, **RUN_OPTIONS}
 
 
 def test_loss_is_the_bernoulli_negative_log_likelihood_per_pixel():
@@ -19,6 +31,26 @@ def test_loss_is_the_bernoulli_negative_log_likelihood_per_pixel():
     logits, x = torch.randn(2, 3, 4, 4, generator=g) * 3, torch.rand(2, 3, 4, 4, generator=g)
     expected = -Bernoulli(logits=logits, validate_args=False).log_prob(x).mean()
     assert dae.reconstruction_loss(logits, x).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_the_log_holds_each_epochs_mean_loss(tmp_path, monkeypatch):
+    """Per epoch (numbered from 1): the mean of its steps' losses and the epoch's rate (the
+    warm-up's 1e-4, then the schedule's 1e-3 x 0.1 per switch at int(0.33 E) and
+    int(0.66 E): both at or before epoch 1 when E = 3). Adam with Keras' eps, 1e-7."""
+    losses = recorded(monkeypatch, dae, "reconstruction_loss")
+    folder = train(dae, tmp_path, dataset="digits", filters=4, latent_dim=3, epochs=3,
+                   batch_size=400, gmm_components=1)
+    log = log_records(folder)
+    assert [r["epoch"] for r in log] == [1, 2, 3] and len(losses) == 3 * 3  # 1500 // 400
+    for e, record in enumerate(log):
+        mean = sum(loss.item() for loss in losses[3 * e:3 * e + 3]) / 3
+        assert record["loss"] == pytest.approx(mean, rel=1e-5)
+    assert [r["lr"] for r in log] == pytest.approx([1e-4, 1e-5, 1e-5], rel=1e-12)
+    checkpoint = common.load_checkpoint(folder)
+    adam = checkpoint["optimizer"]["param_groups"][0]
+    assert adam["eps"] == 1e-7 and adam["betas"] == (0.9, 0.999)
+    tracked = {v.item() for k, v in checkpoint["model"].items() if "num_batches" in k}
+    assert tracked == {3 * 3}  # every training step, in train mode, and nothing else
 
 
 def test_daly_learning_rate_schedule():
@@ -37,6 +69,7 @@ def test_latent_layer_variants():
     assert sum(p.numel() for p in bn.encoder[1][1].parameters()) == 12  # gamma, beta
     ln = dae.DAE(dae.Args(filters=4, latent_dim=6, latent_norm="ln"), 3, 32)
     torch.testing.assert_close(ln.encoder(x).mean(1), torch.zeros(64), rtol=0, atol=1e-5)
+    assert ln.encoder[1][1].eps == 1e-3  # Keras' LayerNormalization epsilon
     sn = dae.DAE(dae.Args(filters=4, latent_dim=6, latent_norm="sn"), 3, 32).train()
     for _ in range(30):  # one power iteration per training pass
         sn.encoder(x[:4])
@@ -75,6 +108,42 @@ def test_no_batch_norm_removes_every_batch_norm():
                 if isinstance(m, torch.nn.BatchNorm2d)]) == 4 + 2
 
 
+# Daly et al.'s DAE rows as printed: Table 2 (CIFAR-10, 128 latents; BN: the latent batch
+# norm), Table 3 (best latent sizes) and Sec. 4's best model; CelebA's Table 2 row is
+# Table 3's at 128 latents. Data set, filters, depths, latents, norm: Test R, N(z; 0, 1),
+# MVG, GMM ('-' where the paper gives none).
+DALY_DAE_ROWS = """
+    cifar10  32   1        128  none   60.20  288.8   99.60  90.55
+    cifar10  64   1        128  none   48.05  372.30  85.38  77.36
+    cifar10  128  1        128  none   45.21  282.3   82.49  73.78
+    cifar10  128  1        128  bn     45.24  94.14   82.64  73.05
+    cifar10  256  1        128  none   47.51  402.7   90.59  79.97
+    cifar10  32   1        160  none   51.06  376.1   98.90  88.17
+    cifar10  32   1        192  none   43.55  419.6   98.49  88.51
+    cifar10  64   1        152  none   43.22  370.8   86.55  76.59
+    cifar10  128  1        144  none   40.31  428.6   81.62  72.82
+    cifar10  256  1        160  none   37.70  379.5   86.90  75.67
+    cifar10  128  3,3,2,1  96   none   -      -       77.10  67.32
+    celeba   32   1        384  none   32.50  474.4   62.77  51.58
+    celeba   64   1        80   none   45.83  409.5   53.76  49.31
+    celeba   64   1        384  none   29.62  502.9   55.67  45.80
+    celeba   128  1        96   none   34.84  406.47  44.98  39.13
+    celeba   128  1        128  none   31.85  426.9   46.96  39.10
+"""
+
+
+def test_paper_figures_are_the_papers_tables():
+    """Each reported DAE setting gets exactly its row of the paper's tables."""
+    for line in DALY_DAE_ROWS.strip().splitlines():
+        dataset, filters, depth, latent, norm, *fids = line.split()
+        args = {**dataclasses.asdict(dae.Args()), "dataset": dataset, "filters": int(filters),
+                "depth": [int(d) for d in depth.split(",")], "latent_dim": int(latent),
+                "latent_norm": norm}
+        expected = {column: float(fid) for column, fid in
+                    zip(("rec", "normal", "mvg", "gmm"), fids) if fid != "-"}
+        assert dae.paper_fid(args) == expected, line
+
+
 @pytest.mark.parametrize("changes", [dict(noise_std=0.5), dict(freeze_latent=True),
                                      dict(batch_norm=False), dict(epochs=50), dict(lr=1e-4),
                                      dict(flip=True), dict(latent_dim=100)])
@@ -103,7 +172,7 @@ def test_training_lowers_the_test_bce_and_writes_the_run(digits_run):
     batch norms: after 69 steps their running averages, momentum 0.01, are half-formed)."""
     folder, _ = digits_run
     log = log_records(folder)
-    assert [r["epoch"] for r in log] == [1, 2, 3] and all(r["bce"] > 0 for r in log)
+    assert [r["epoch"] for r in log] == [1, 2, 3] and all(r["loss"] > 0 for r in log)
     test = common.load_images("digits", "", "test").float() / 255
 
     def test_bce(model):
@@ -118,6 +187,11 @@ def test_training_lowers_the_test_bce_and_writes_the_run(digits_run):
     for name in ("reconstructions", "interpolations", "samples_normal", "samples_mvg",
                  "samples_gmm"):
         assert (folder / f"{name}.png").stat().st_size > 0
+    # reconstructions.png: the first 64 test digits, 8 rows of 8 each followed by its row
+    # of reconstructions: 16 rows of 32 px images, a 1-pixel border around each
+    from PIL import Image
+
+    assert Image.open(folder / "reconstructions.png").size == (8 * 33 + 1, 16 * 33 + 1)
 
 
 def test_ex_post_densities_are_fitted_to_eval_mode_codes_of_the_training_split(digits_run):
@@ -168,3 +242,25 @@ def test_resume_with_more_epochs_keeps_the_run_schedule(tmp_path):
     dae.train(dae.Args(resume=str(folder), epochs=5), {"resume", "epochs"})
     assert [r["lr"] for r in log_records(folder)] == pytest.approx([1e-4, 1e-5, 1e-5, 1e-5, 1e-5])
     assert common.load_checkpoint(folder)["args"]["schedule_epochs"] == 2
+
+
+def test_sync_bn_in_one_process_is_a_no_op_even_on_the_cpu(tmp_path):
+    """--sync-bn only matters under torchrun (several processes, CUDA); in one process, as
+    here, it is refused nowhere and changes nothing."""
+    settings = dict(dataset="digits", filters=4, latent_dim=4, epochs=1, batch_size=64,
+                    gmm_components=2)
+    plain = train(dae, tmp_path / "plain", **settings)
+    synced = train(dae, tmp_path / "synced", sync_bn=True, **settings)
+    weights = [torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
+               for folder in (plain, synced)]
+    for name, tensor in weights[0].items():
+        assert torch.equal(weights[1][name], tensor), name
+
+
+def test_a_batch_may_hold_every_training_image(tmp_path):
+    """Digits' 1,500 training images in one batch: one step an epoch; one more is an error."""
+    settings = dict(dataset="digits", filters=4, latent_dim=4, epochs=1, gmm_components=2)
+    folder = train(dae, tmp_path, batch_size=1500, **settings)
+    assert log_records(folder)[0]["epoch"] == 1
+    with pytest.raises(common.UserError, match="larger than the 1500 training images"):
+        train(dae, tmp_path / "other", batch_size=1501, **settings)

@@ -64,20 +64,43 @@ def test_flat_folder_holds_out_every_tenth(tmp_path):
 
 
 def test_celeba_as_folder_split_and_crop(tmp_path):
-    # CelebA-shaped 178x218 images whose central 140x140 is red, the rest blue.
-    names = ["000001", "000002", "162771", "182637", "182638", "202599"]
-    for name in names:
+    """The standard partition by file number: 1-162770 train, 162771-182637 valid (held
+    out), 182638 on test; a file whose name is not a number counts as train. Each image is
+    CelebA-shaped, 178x218, blue around a central 140x140 square whose green value tells
+    the file apart."""
+    names = ["000001", "000002", "162770", "162771", "182637", "182638", "202599", "extra"]
+    for i, name in enumerate(names):
         write_image(tmp_path / "img_align_celeba" / f"{name}.jpg", (178, 218), (0, 0, 255),
-                    centre=(140, (255, 0, 0)))
+                    centre=(140, (255, 25 * i, 0)))
     train = common.load_images("celeba", tmp_path, "train")  # crop 140 -> 64 by default
     test = common.load_images("celeba", tmp_path, "test")
-    # The standard partition: 1-162770 train, 162771-182637 valid (held out), then test.
-    assert train.shape == (2, 3, 64, 64) and test.shape == (2, 3, 64, 64)
+    assert train.shape == (4, 3, 64, 64) and test.shape == (2, 3, 64, 64)
+    green = lambda images: images[:, 1, 32, 32].tolist()  # noqa: E731
+    assert green(train) == pytest.approx([0, 25, 50, 175], abs=8)  # 1, 2, 162770, extra
+    assert green(test) == pytest.approx([125, 150], abs=8)  # 182638, 202599
     red, blue = train[:, 0].float().mean(), train[:, 2].float().mean()
     assert red > 240 and blue < 15  # only the central crop is left
     small = common.load_images("celeba", tmp_path, "test", image_size=32, crop=160)
     assert small.shape == (2, 3, 32, 32)
     assert small[:, 2].float().mean() > 20  # the 160 crop keeps some of the blue border
+
+
+def test_celeba_download_is_asked_for_and_read(tmp_path, monkeypatch):
+    """With no images in the folder, torchvision's CelebA downloader is called (download
+    True) and its img_align_celeba folder is then read."""
+    import torchvision
+
+    asked = []
+
+    def downloader(root, split, download):
+        asked.append((root, split, download))
+        for name in ("000001", "200000"):
+            write_image(tmp_path / "celeba" / "img_align_celeba" / f"{name}.jpg", (178, 218),
+                        (0, 0, 255))
+
+    monkeypatch.setattr(torchvision.datasets, "CelebA", downloader)
+    assert common.load_images("celeba", tmp_path, "test").shape == (1, 3, 64, 64)
+    assert asked == [(tmp_path, "all", True)]
 
 
 def test_cache_is_used_and_refreshed(tmp_path, monkeypatch):
@@ -96,6 +119,32 @@ def test_cache_is_used_and_refreshed(tmp_path, monkeypatch):
     assert len(common.load_images("folder", tmp_path, "train")) == len(first) + 1
 
 
+@pytest.mark.parametrize("old, new", [("0.png", "00.png"), ("3.png", "39.png")])
+def test_cache_notices_a_first_or_last_file_replaced(old, new, tmp_path, monkeypatch):
+    """The first or the last file replaced by another of a new name, but the same count and
+    modification times: decoded again, not read from the cache. The cache is loaded with
+    weights_only=True."""
+    import os
+
+    for i in range(4):
+        write_image(tmp_path / "x" / f"{i}.png", (32, 32), (i, 0, 0))
+    common.load_images("folder", tmp_path, "train")
+    stamp = (tmp_path / "x" / old).stat().st_mtime
+    (tmp_path / "x" / old).unlink()
+    write_image(tmp_path / "x" / new, (32, 32), (77, 0, 0))
+    os.utime(tmp_path / "x" / new, (stamp, stamp))
+    load = torch.load
+    loads = []
+
+    def safe_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", safe_load)
+    images = common.load_images("folder", tmp_path, "train")
+    assert 77 in images[:, 0, 0, 0].tolist() and loads == [True]
+
+
 @pytest.mark.parametrize("name", ["cifar10", "mnist"])
 def test_fixed_size_data_sets_refuse_another_size(name, tmp_path):
     with pytest.raises(common.UserError, match="must be 32"):
@@ -107,6 +156,15 @@ def test_digits():
     test = common.load_images("digits", "", "test")
     assert train.shape == (1500, 1, 32, 32) and test.shape == (297, 1, 32, 32)
     assert train.dtype == torch.uint8 and train.max() == 255 and train.min() == 0
+    # The last 297 of scikit-learn's 1797, 0..16 scaled to 0..255, upscaled 4x by bilinear
+    # interpolation between pixel centres (scipy's grid mode; not corner-aligned).
+    from scipy import ndimage
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images[1500:] / 16  # [297, 8, 8]
+    upscaled = np.stack([ndimage.zoom(r, 4, order=1, grid_mode=True, mode="nearest") for r in raw])
+    expected = np.round(np.clip(upscaled, 0, 1) * 255)
+    np.testing.assert_array_equal(test[:, 0].numpy(), expected)
 
 
 def test_fake_is_deterministic():
@@ -115,6 +173,53 @@ def test_fake_is_deterministic():
     assert torch.equal(a, common.load_images("fake", "", "train"))
     assert not torch.equal(a[:64], common.load_images("fake", "", "test"))
     assert common.load_images("fake", "", "test", image_size=64).shape == (64, 3, 64, 64)
+
+
+def write_idx(path, array: np.ndarray):
+    """The MNIST file format (IDX): 0, 0, 8 (unsigned bytes), ndim, big-endian int32 sizes."""
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">i4").tobytes()
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_is_zero_padded_to_32_pixels(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    g = np.random.default_rng(0)
+    digits = {part: g.integers(1, 256, (n, 28, 28)) for part, n in (("train", 5), ("t10k", 3))}
+    for part, images in digits.items():
+        write_idx(raw / f"{part}-images-idx3-ubyte", images)
+        write_idx(raw / f"{part}-labels-idx1-ubyte", np.arange(len(images)) % 10)
+    for split, part in (("train", "train"), ("test", "t10k")):
+        images = common.load_images("mnist", tmp_path, split)
+        assert images.shape == (len(digits[part]), 1, 32, 32) and images.dtype == torch.uint8
+        np.testing.assert_array_equal(images[:, 0, 2:30, 2:30].numpy(), digits[part])
+        border = images.clone()
+        border[:, :, 2:30, 2:30] = 0
+        assert not border.any()  # two rows and columns of zeros on every side
+
+
+def test_cifar10_images_are_channels_first(tmp_path, monkeypatch):
+    """CIFAR-10's batches store each image as 1024 red, then green, then blue bytes."""
+    import pickle
+
+    import torchvision
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    g = np.random.default_rng(0)
+    rows = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        rows[name] = g.integers(0, 256, (2, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({"data": rows[name], "labels": [0, 1]}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list("abcdefghij")}))
+    cifar = torchvision.datasets.CIFAR10  # the checksums are those of the real files
+    monkeypatch.setattr(cifar, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "meta", {**cifar.meta, "md5": None})
+    train = common.load_images("cifar10", tmp_path, "train")
+    expected = np.concatenate([rows[f"data_batch_{i}"] for i in range(1, 6)])
+    np.testing.assert_array_equal(train.numpy(), expected.reshape(10, 3, 32, 32))
+    test = common.load_images("cifar10", tmp_path, "test")
+    np.testing.assert_array_equal(test.numpy(), rows["test_batch"].reshape(2, 3, 32, 32))
 
 
 @pytest.mark.parametrize("name, folder", [("cifar10", "cifar-10-batches-py"),
@@ -142,22 +247,27 @@ def test_missing_or_empty_folder(tmp_path, make):
 
 
 def test_batches_cover_the_epoch_once_and_repeat_by_seed():
-    images = torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1).expand(12, 1, 2, 2)
+    values = torch.arange(12) * 23  # 0 ... 253
+    images = values.to(torch.uint8).view(12, 1, 1, 1).expand(12, 1, 2, 2)
     epoch = list(common.batches(images, 4, seed=3, epoch=0))
     assert len(epoch) == 3 and all(b.shape == (4, 1, 2, 2) for b in epoch)
-    seen = torch.cat(epoch)[:, 0, 0, 0] * 255
-    assert sorted(seen.round().long().tolist()) == list(range(12))
+    seen = torch.cat(epoch)[:, 0, 0, 0].sort().values
+    torch.testing.assert_close(seen, values.float() / 255)  # [0, 1], uint8 / 255
     again = torch.cat(list(common.batches(images, 4, seed=3, epoch=0)))
     other = torch.cat(list(common.batches(images, 4, seed=3, epoch=1)))
     assert torch.equal(torch.cat(epoch), again) and not torch.equal(again, other)
-    assert len(list(common.batches(images, 5, seed=0, epoch=0))) == 2  # last partial dropped
+    for batch_size, full in [(5, 2), (13, 0), (12, 1), (11, 1), (6, 2)]:  # partial dropped
+        sizes = [len(b) for b in common.batches(images, batch_size, seed=0, epoch=0)]
+        assert sizes == [batch_size] * full, batch_size
 
 
-def test_batch_flip_mirrors_some_images():
-    images = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8)
-    plain = torch.cat(list(common.batches(images, 16, seed=1, epoch=0)))
-    flipped = torch.cat(list(common.batches(images, 16, seed=1, epoch=0, flip=True)))
+def test_batch_flip_mirrors_half_the_images():
+    images = torch.randint(0, 256, (4000, 3, 4, 4), dtype=torch.uint8)
+    plain = torch.cat(list(common.batches(images, 500, seed=1, epoch=0)))
+    flipped = torch.cat(list(common.batches(images, 500, seed=1, epoch=0, flip=True)))
     same = (plain == flipped).flatten(1).all(1)
     mirrored = (plain.flip(3) == flipped).flatten(1).all(1)
     assert (same | mirrored).all()
-    assert 10 < mirrored.sum() < 54 and 0.0 <= flipped.min() and flipped.max() <= 1.0
+    # Each image flipped with probability 1/2: 2000 +- 32 (binomial s.d.) of 4000.
+    assert abs(mirrored.sum().item() - 2000) < 130
+    assert 0.0 <= flipped.min() and flipped.max() <= 1.0

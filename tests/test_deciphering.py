@@ -1,10 +1,13 @@
 """deciphering.py: patterns, clustering, shift, schedules, EMA, LPIPS offline, and the two
 training phases end to end with eval.py."""
+import dataclasses
 import json
 import math
 import os
+from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +15,22 @@ from PIL import Image
 
 import common
 import deciphering as D
-from conftest import cli_error, log_records, train
+from conftest import RUN_OPTIONS, cli_error, log_records, recorded, train
+
+
+def test_defaults_are_the_papers_phase_one():
+    """Maeda Sec. 3-4 and the official train.py: CIFAR-10 at 32 px, stages 128, 256, 512,
+    1024 with 1, 4, 16 active channels, 128 latents, 32 clusters, shifts up to 8 pixels,
+    odd epochs flipped, 1000 epochs of 256, AdamW 2e-3 (the MLP at -1: lr / 10), weight decay
+    0.08 reached at 40% of the epochs, EMA capped at 0.99995, LPIPS at 128 px; patterns
+    from numpy's seed 123 in the official code, k-means random_state 0."""
+    paper = dict(dataset="cifar10", image_size=32, crop=0, widths=[128, 256, 512, 1024],
+                 active=[1, 4, 16], latent_dim=128, clusters=32, pattern_seed=123,
+                 kmeans_seed=0, max_shift=8, flip=True, epochs=1000, schedule_epochs=0,
+                 batch_size=256, lr=2e-3, mlp_lr=-1.0, lr_drops=[], weight_decay=0.08,
+                 wd_warmup=0.4, ema_decay=0.99995, lpips_size=128, finetune_from="",
+                 finetune_ema=False, phase_two_epochs=0, save_every=5)
+    assert dataclasses.asdict(D.Args()) == {**paper, **RUN_OPTIONS}
 
 TINY = dict(dataset="fake", widths=[16, 32, 64, 128], active=[1, 2, 4], clusters=4, latent_dim=16,
             batch_size=32)
@@ -44,10 +62,31 @@ def test_patterns_have_exact_counts_are_distinct_and_reproducible():
     assert not torch.equal(patterns, D.make_patterns(labels, other_seed))
 
 
+def test_patterns_reach_every_channel_of_each_stage():
+    """Stage 1 within the cluster's block; stages 2 and 3 uniform over all their channels."""
+    args = tiny_args()  # widths 16, 32, 64; active 1, 2, 4; 4 clusters of 4 channels
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(2000) % 4
+    first, second, third = D.draw_patterns(labels, args, g).split(args.active, 1)
+    assert torch.equal(first[:, 0] // 4, labels)
+    assert set(second.flatten().tolist()) == set(range(32))
+    assert set(third.flatten().tolist()) == set(range(64))
+
+
 def test_too_few_patterns_for_a_cluster_is_a_user_error():
     args = tiny_args(widths=[2, 2, 2, 16], active=[1, 1, 1], clusters=1)  # 8 patterns
     with pytest.raises(common.UserError, match="allow 8"):
         D.make_patterns(torch.zeros(9, dtype=torch.long), args)
+    # A cluster's share of stage 1 (8 // 2 = 4 channels) times stages 2 and 3 (4 x 4): 64
+    # patterns, enough for 40 or exactly 64 images of one cluster, not for 65.
+    args = tiny_args(widths=[8, 4, 4, 2], active=[1, 1, 1], clusters=2)
+    for labels in (torch.tensor([0] * 40 + [1] * 10), torch.tensor([1] * 64)):
+        assert len(torch.unique(D.make_patterns(labels, args), dim=0)) == len(labels)
+    wide = tiny_args(widths=[4, 8, 8, 2], active=[1, 1, 1], clusters=1)  # 4 x 8 x 8 = 256
+    assert len(torch.unique(D.make_patterns(torch.zeros(200, dtype=torch.long), wide),
+                            dim=0)) == 200
+    with pytest.raises(common.UserError, match="allow 64"):
+        D.make_patterns(torch.tensor([0] * 65), args)
 
 
 def test_first_stage_channel_lies_in_the_block_of_its_cluster():
@@ -77,12 +116,16 @@ def test_vectorised_shift_equals_a_per_image_loop_for_every_shift():
         assert torch.equal(got, reference_shift(image, r)), r
     assert torch.equal(shifted[12, ..., 4:], x[12, ..., :-4])  # r = 4: content moved right
     assert torch.equal(D.shift_images(x, torch.zeros(17, dtype=torch.long), 0), x)
+    one = D.shift_images(x[:3], torch.tensor([-1, 0, 1]), 1)  # the smallest range, R = 1
+    for image, r, got in zip(x[:3], (-1, 0, 1), one):
+        assert torch.equal(got, reference_shift(image, r)), r
 
 
 def test_shift_position_and_embedding():
     positions = D.shift_position(torch.tensor([-8, -4, 0, 4, 8]), 8)
     assert positions.tolist() == [0, 25, 50, 75, 100]  # 100 (r + 8) / 16, as the official code
     assert D.shift_position(torch.tensor([0]), 0).tolist() == [50]
+    assert D.shift_position(torch.tensor([-1, 0, 1]), 1).tolist() == [0, 50, 100]
     embedding = D.sinusoidal(torch.tensor([0.0, 50.0]), 128)
     assert embedding.shape == (2, 128)
     k = torch.arange(64)
@@ -177,6 +220,35 @@ def test_network_matches_the_official_parameter_count():
     assert sum(p.numel() for p in celeba.parameters()) == 20_079_619
 
 
+def kinds(module) -> list[str]:
+    return [type(m).__name__ for m in module]
+
+
+def test_layers_are_the_official_ones():
+    """model.py: each encoder stage conv 2x2 stride 2 -> BN -> LReLU -> conv 3x3 -> BN ->
+    LReLU; ResBlock conv3 BN LReLU conv3 BN, the bottleneck 1x1 BN LReLU 3x3 BN LReLU 1x1 BN,
+    both without an activation after the sum, which adds the body to the input. The
+    encoder's last feature map is S / 16 wide whatever S (64 and 256 px here)."""
+    model = D.DecipheringAE(3, 32, [16, 32, 64, 128], 16)
+    stage = model.encoder_stages[0]
+    assert kinds(stage) == ["Conv2d", "BatchNorm2d", "LeakyReLU"] * 2
+    assert stage[0].kernel_size == stage[0].stride == (2, 2) and stage[3].kernel_size == (3, 3)
+    blocks = [m for m in model.decoder if isinstance(m, D.ResBlock)]
+    assert kinds(blocks[0].body) == ["Conv2d", "BatchNorm2d", "LeakyReLU", "Conv2d",
+                                     "BatchNorm2d", "LeakyReLU", "Conv2d", "BatchNorm2d"]
+    assert kinds(blocks[-1].body) == ["Conv2d", "BatchNorm2d", "LeakyReLU", "Conv2d",
+                                      "BatchNorm2d"]
+    x = torch.randn(2, 8, 4, 4)
+    for block in (D.ResBlock(8), D.Bottleneck(8, 4)):
+        last = block.body[-1]  # the body's final BN, set to output 1 everywhere
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.ones_(last.bias)
+        torch.testing.assert_close(block.eval()(x), x + 1)
+    for size in (64, 256):
+        big = D.DecipheringAE(3, size, [16, 32, 64, 128], 16)
+        assert big.to_latent.in_features == big.from_latent.out_features == 128 * (size // 16) ** 2
+
+
 def test_decoder_groups_and_bottlenecks_at_other_widths():
     """Official formulas at widths 32..256: transposed convs in groups of 128 input channels
     (256 -> 2 groups, 128 and 64 -> 1), bottlenecks 64 wide but never wider than the stage
@@ -186,6 +258,9 @@ def test_decoder_groups_and_bottlenecks_at_other_widths():
     assert [m.groups for m in transposed] == [2, 1, 1, 1]
     blocks = [m for m in model.decoder if isinstance(m, D.ResBlock)]
     assert [b.body[0].out_channels for b in blocks] == [64, 64, 64, 64, 32, 32, 16, 16]
+    odd = D.DecipheringAE(3, 32, [126, 128, 128, 128], 16)  # 126 // (126 // 64) = 126
+    blocks = [m for m in odd.decoder if isinstance(m, D.Bottleneck)]
+    assert [b.body[0].out_channels for b in blocks] == [64, 64, 64, 64, 126, 126]
 
 
 def test_masked_channels_do_not_reach_the_next_stage():
@@ -218,6 +293,29 @@ def test_sampling_with_batch_statistics_leaves_running_statistics_alone():
         D.sample(run, 1, "gmm")
 
 
+def official_embedding(position: float, dim: int) -> torch.Tensor:
+    """model.py's sinusoidal embedding of the MLP's position: dim / 2 sines, then as many
+    cosines, of position * exp(-k ln(10^4) / (dim / 2 - 1))."""
+    k = torch.arange(dim // 2, dtype=torch.float64)
+    angles = position * torch.exp(-k * math.log(10000) / (dim // 2 - 1))
+    return torch.cat([angles.sin(), angles.cos()]).float()
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "running-bn"])
+def test_samples_are_decoded_without_a_shift(sampler):
+    """sample.py decodes with r = 50, the middle of [0, 100] (no shift): the MLP reads the
+    embedding of 50 for every sample, never 0 (a shift of -R)."""
+    args = tiny_args()
+    model = D.DecipheringAE(3, 32, args.widths, args.latent_dim).eval()
+    seen = []
+    model.shift_mlp.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0]))
+    uniform = torch.full((4,), 0.25)
+    run = common.Run(model, D.dataclasses.asdict(args), {sampler: uniform}, None)
+    D.sample(run, 3, sampler, seed=0)
+    expected = official_embedding(50.0, args.latent_dim).expand(3, -1)
+    torch.testing.assert_close(torch.cat(seen), expected, rtol=0, atol=1e-5)
+
+
 def test_lpips_reads_images_in_minus_one_to_one(weights, monkeypatch, tmp_path):
     """d of Eq. (2) is LPIPS on images in [-1, 1]: it equals the lpips package's own scaling
     of the same images given in [0, 1] (normalize=True); it is 0 for equal images, reaches
@@ -228,6 +326,14 @@ def test_lpips_reads_images_in_minus_one_to_one(weights, monkeypatch, tmp_path):
     expected = net((x + 1) / 2, (y + 1) / 2, normalize=True).mean()
     assert D.lpips_loss(net, x, y, 32).item() == pytest.approx(expected.item(), rel=1e-5)
     assert D.lpips_loss(net, x, x, 64).item() == pytest.approx(0, abs=1e-6)
+    # train.py: nn.Upsample(size=128, mode='bilinear') of both images, then LPIPS; images of
+    # 128 px or more as they are.
+    up = torch.nn.Upsample(size=64, mode="bilinear")
+    expected = net(up(x), up(y)).mean()
+    assert D.lpips_loss(net, x, y, 64).item() == pytest.approx(expected.item(), rel=1e-5)
+    large = [torch.rand(2, 3, 128, 128, generator=g) * 2 - 1 for _ in range(2)]
+    assert D.lpips_loss(net, *large, 64).item() == pytest.approx(
+        net(*large).mean().item(), rel=1e-5)
     grey = x[:, :1].requires_grad_()
     D.lpips_loss(net, grey, y[:, :1], 64).backward()
     assert grey.grad is not None and all(p.grad is None for p in net.parameters())
@@ -272,14 +378,14 @@ def phase_one(tmp_path_factory, torch_home):
 
 def test_phase_one_learns_and_writes_its_run(phase_one, capsys):
     log = log_records(phase_one)
-    assert [r["epoch"] for r in log] == [1, 2, 3] and all(math.isfinite(r["lpips"]) for r in log)
-    assert log[-1]["lpips"] < log[0]["lpips"]  # the patterns are being deciphered
+    assert [r["epoch"] for r in log] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in log)
+    assert log[-1]["loss"] < log[0]["loss"]  # the patterns are being deciphered
     assert [r["weight_decay"] for r in log] == [0.0, 0.08, 0.08]  # int(0.4 * 3) = 1 epoch
     checkpoint = common.load_checkpoint(phase_one)
     assert checkpoint["epoch"] == 2 and checkpoint["patterns"].shape == (256, 7)
     for name in ("samples", "reconstructions"):
-        with Image.open(phase_one / f"{name}.png") as grid:
-            assert grid.size[0] == 8 * 33 + 1
+        with Image.open(phase_one / f"{name}.png") as grid:  # 64 images: 8 rows of 8
+            assert grid.size == (8 * 33 + 1, 8 * 33 + 1)
 
 
 def test_phase_two_inherits_phase_one_and_says_what_changes(phase_one, weights, tmp_path,
@@ -300,6 +406,12 @@ def test_phase_two_inherits_phase_one_and_says_what_changes(phase_one, weights, 
     assert (phase_one / D.PHASE_TWO_FILE).read_text() == str(folder)
     run = D.load_run(folder)
     assert set(run.samplers) == {"uniform", "clusters", "running-bn"}
+    # Stage 1's cluster probabilities: 1 / K each, or the clusters' training shares.
+    labels = second["labels"].tolist()
+    shares = torch.tensor([labels.count(c) / len(labels) for c in range(4)])
+    torch.testing.assert_close(run.samplers["clusters"], shares)
+    torch.testing.assert_close(run.samplers["uniform"], torch.full((4,), 0.25))
+    assert not run.model.training  # load_run hands eval.py an eval-mode model
     images = D.sample(run, 5, "clusters", seed=0)
     assert images.shape == (5, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
 
@@ -319,6 +431,80 @@ def test_both_phases_in_one_command_and_resumed(weights, tmp_path, capsys):
     assert len(list(tmp_path.glob("deciphering-*"))) == 2
 
 
+def test_phase_two_untyped_is_the_official_fine_tuning(phase_one, monkeypatch):
+    """The official README's phase two: 2000 epochs, no shift, weight decay from the start.
+    Phase one's folder is kept as an absolute path, so that eval.py finds it from anywhere."""
+    monkeypatch.chdir(phase_one.parent)
+    args, _ = D.phase_two_args(D.Args(finetune_from=phase_one.name), {"finetune_from"})
+    assert (args.epochs, args.max_shift, args.wd_warmup) == (2000, 0, 0.0)
+    assert args.finetune_from == str(phase_one.resolve())
+
+
+def test_the_mlp_learns_at_a_tenth_of_the_rate_unless_typed():
+    """train.py: AdamW group of the MLP at lr / 10, whatever lr is (phase two's too); a
+    typed --mlp-lr as it is, 0 (a frozen MLP) included."""
+    assert D.mlp_rate(D.Args()) == pytest.approx(2e-4)
+    assert D.mlp_rate(D.Args(lr=1e-3)) == pytest.approx(1e-4)
+    assert D.mlp_rate(D.Args(lr=1e-3, mlp_lr=5e-4)) == 5e-4
+    assert D.mlp_rate(D.Args(mlp_lr=0.0)) == 0.0
+
+
+@pytest.mark.parametrize("widths, active, clusters, latent, error", [
+    ([16, 32, 64, 128], [4, 2, 4], 4, 16, ""),  # stage 1's blocks of 4, each 4 active: fine
+    ([16, 32, 64, 128], [1, 2, 64], 4, 16, ""),  # every stage-3 channel active: fine
+    ([12, 16, 32, 64], [1, 2, 4], 8, 16, "--clusters 8"),  # 12 channels do not cut into 8
+    ([16, 32, 64, 128], [5, 2, 4], 4, 16, "--clusters 4"),  # 5 active in blocks of 4
+    ([16, 32, 64, 128], [1, 2, 65], 4, 16, "--active exceeds"),
+    ([16, 32, 64, 128], [1, 2, 4], 4, 15, "--latent-dim must be even"),
+])
+def test_settings_checked_before_training(widths, active, clusters, latent, error):
+    args = tiny_args(widths=widths, active=active, clusters=clusters, latent_dim=latent)
+    if error:
+        with pytest.raises(common.UserError, match=error):
+            D.check(args)
+    else:
+        D.check(args)
+
+
+def test_celeba_is_cropped_to_160_unless_typed(monkeypatch):
+    """Sec. 4: CelebA's central 160 x 160 pixels, resized to 32 x 32."""
+    seen = []
+
+    def stop(args, *rest, **kwargs):
+        seen.append(args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "start", stop)
+    for typed in ({}, {"crop": 140}):
+        with pytest.raises(KeyboardInterrupt):
+            D.set_up(D.Args(dataset="celeba", **typed), set(typed))
+    assert [a.crop for a in seen] == [160, 140]
+
+
+def test_kmeans_is_the_official_pipeline(monkeypatch):
+    """gen_masks.py: StandardScaler on float64 (numpy's default) pixels, PCA keeping 95% of
+    the variance (full SVD), KMeans(k, random_state=0) with sklearn <= 1.3's n_init 10; one
+    cluster needs no k-means, two are two."""
+    from sklearn import cluster, decomposition
+    from sklearn.preprocessing import StandardScaler
+
+    seen = []
+    fit = StandardScaler.fit_transform
+    monkeypatch.setattr(StandardScaler, "fit_transform",
+                        lambda self, x, *a, **k: seen.append(x.dtype) or fit(self, x, *a, **k))
+    for module, name in ((decomposition, "PCA"), (cluster, "KMeans")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, **k: seen.append((a, k)) or
+                            _real(*a, **k))
+    images = common.load_images("fake", "", "train")
+    labels = D.cluster_images(images, 4, seed=0)
+    assert seen == [np.float64, ((0.95,), {"svd_solver": "full"}),
+                    ((4,), {"n_init": 10, "random_state": 0})]
+    assert set(labels.tolist()) == {0, 1, 2, 3}
+    assert set(D.cluster_images(images, 2, seed=0).tolist()) == {0, 1}
+    assert torch.equal(D.cluster_images(images, 1, seed=0), torch.zeros(256, dtype=torch.long))
+
+
 def test_phase_one_alone_ends_with_the_phase_two_command(phase_one, weights, capsys):
     """Also: settings are checked after --resume has restored the run's own, so a flag the
     resume ignores (--clusters 5 would not cut 16 channels evenly) is no error."""
@@ -326,6 +512,69 @@ def test_phase_one_alone_ends_with_the_phase_two_command(phase_one, weights, cap
     out = capsys.readouterr().out
     assert "ignoring --clusters" in out
     assert f"python deciphering.py --finetune-from {phase_one}" in out
+
+
+class RecordingAdamW(torch.optim.AdamW):
+    """AdamW that notes, at every step, each parameter group's learning rate, weight decay
+    and parameter shapes."""
+
+    steps = []
+
+    def step(self, closure=None):
+        RecordingAdamW.steps.append([(g["lr"], g["weight_decay"], [tuple(p.shape) for p in
+                                                                   g["params"]])
+                                     for g in self.param_groups])
+        return super().step(closure)
+
+
+def test_training_follows_the_official_optimizer_and_the_papers_lr_drops(weights, tmp_path,
+                                                                        monkeypatch):
+    """train.py's AdamW: the shift MLP's parameters at lr / 10, all others at lr. The
+    paper's CelebA footnote: lr for the first 500 epochs, / 10 for the next 100, / 100 for
+    the last 50, here scaled down to 1, 1 and 2 epochs (--lr-drops 1 2). LPIPS compares
+    both images upsampled to --lpips-size (64 here, from 32 px). The EMA is told each
+    optimizer step's number."""
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    RecordingAdamW.steps = []
+    shapes = []
+    load = D.load_lpips
+
+    def spied_lpips(device):
+        net = load(device)
+        net.register_forward_pre_hook(lambda m, inputs: shapes.append(
+            [tuple(i.shape[-2:]) for i in inputs[:2]]))
+        return net
+
+    monkeypatch.setattr(D, "load_lpips", spied_lpips)
+    losses = recorded(monkeypatch, D, "lpips_loss")
+    ema_steps = []
+    update = D.update_ema
+    monkeypatch.setattr(D, "update_ema", lambda ema, model, step, cap: (
+        ema_steps.append(step), update(ema, model, step, cap)))
+    saved = recorded(monkeypatch, common, "save_epoch")
+    flags = {**TINY, "batch_size": 128}  # two steps per epoch
+    folder = train(D, tmp_path, **flags, epochs=4, lr_drops=[1, 2], lpips_size=64,
+                   save_every=3)
+    scale = [1.0] * 1 + [0.1] * (2 - 1) + [0.01] * (4 - 2)  # by epoch, as the footnote
+    decay = [0.0, 0.08, 0.08, 0.08]  # reached at epoch int(0.4 x 4) = 1
+    mlp = [(64, 16), (64,), (16, 64), (16,)]  # latent 16: Linear(16, 64), Linear(64, 16)
+    assert [state["epoch"] for state in saved] == [2, 3]  # every 3rd epoch, and the last
+    assert len(RecordingAdamW.steps) == 8
+    for step, groups in enumerate(RecordingAdamW.steps):
+        rates = {("mlp" if shapes_ == mlp else "rest"): lr for lr, _, shapes_ in groups}
+        assert rates == pytest.approx({"rest": 2e-3 * scale[step // 2],
+                                       "mlp": 2e-4 * scale[step // 2]}), step
+        assert [wd for _, wd, _ in groups] == [decay[step // 2]] * 2
+    assert shapes and all(pair == [(64, 64), (64, 64)] for pair in shapes)
+    assert ema_steps == list(range(8))  # the optimizer steps, counted across the epochs
+    log = log_records(folder)
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    for e, record in enumerate(log):
+        assert record["loss"] == pytest.approx((losses[2 * e] + losses[2 * e + 1]).item() / 2,
+                                                rel=1e-5)
+        assert record["lr"] == pytest.approx(2e-3 * scale[e]) and record["weight_decay"] == decay[e]
+    model = common.load_checkpoint(folder)["model"]
+    assert {v.item() for k, v in model.items() if "num_batches" in k} == {4 * 2}  # train mode
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(weights, tmp_path):
@@ -339,12 +588,61 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(weights, tmp_path):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
 
 
+STOPS = {  # where a two-phase run (2 + 2 epochs of 2 steps, a checkpoint per epoch) stops
+    "in phase one, after its first checkpoint": ("training_batch", 3),
+    "right after phase one": ("phase_two_args", 1),
+    "in phase two, before its first checkpoint": ("training_batch", 5),
+    "in phase two, after its first checkpoint": ("training_batch", 7),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_two_phase_run_stopped_anywhere_resumes_as_if_never_stopped(stop, weights, tmp_path,
+                                                                      monkeypatch):
+    """Ctrl-C at each boundary of --phase-two-epochs, then the command the run prints
+    (--resume of the folder of its last checkpoint): phase two ends with the weights and
+    EMA of a run never stopped, and phase one points at that phase two."""
+    settings = dict(**{**TINY, "batch_size": 128}, epochs=2, phase_two_epochs=2, save_every=1,
+                    lpips_size=32, device="cpu", data_root=str(tmp_path / "data"))
+
+    def run(folder):
+        D.main(D.Args(**settings, out_dir=str(folder)), set(settings) | {"out_dir"})
+        (one,) = folder.glob("deciphering-fake-*")
+        return one, Path((one / D.PHASE_TWO_FILE).read_text())
+
+    _, straight = run(tmp_path / "straight")
+    name, at = STOPS[stop]
+    calls, real = [], getattr(D, name)
+
+    def interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(D, name, interrupt)
+    common.LAST_SAVED.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stopped")
+    monkeypatch.setattr(D, name, real)
+    D.main(D.Args(resume=str(common.LAST_SAVED[0])), {"resume"})  # the printed command
+    (one,) = (tmp_path / "stopped").glob("deciphering-fake-*")
+    two = Path((one / D.PHASE_TWO_FILE).read_text())
+    assert two.is_absolute()
+    a, b = common.load_checkpoint(straight), common.load_checkpoint(two)
+    assert a["epoch"] == b["epoch"] == 1
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--widths", "16", "32", "64"], ["--widths takes 4"]),
     (["--clusters", "5"], ["--clusters 5", "blocks"]),
     (["--resume", "RUN_OF_ANOTHER_METHOD"], ["is a dae run, not a deciphering run"]),
     (["--max-shift", "32"], ["--max-shift"]),
     (["--finetune-from", "nowhere"], ["nowhere", "checkpoint.pt"]),
+    (["--finetune-from", "nowhere", "--phase-two-epochs", "3"], ["--phase-two-epochs", "--epochs"]),
     (["--dataset", "digits", "--image-size", "48", "--batch-size", "1600"], ["larger than"]),
 ])
 def test_bad_flags_are_one_line_errors(argv, words, weights, tmp_path, capsys):
@@ -355,6 +653,25 @@ def test_bad_flags_are_one_line_errors(argv, words, weights, tmp_path, capsys):
             "4", "--clusters", "4", "--latent-dim", "16", "--batch-size", "32", "--device", "cpu"]
     last = cli_error(D, [*tiny, "--epochs", "1", "--out-dir", tmp_path, *argv], capsys)
     assert last.startswith("error:") and all(w in last for w in words), last
+
+
+def test_250_samples_share_their_batch_statistics():
+    """The official sampler: the model in train mode on a batch of 250 (its BN uses that
+    batch's statistics), outputs clamped to [-1, 1], then mapped to [0, 1]."""
+    args = tiny_args()
+    torch.manual_seed(0)
+    model = D.DecipheringAE(3, 32, args.widths, args.latent_dim).eval()
+    with torch.no_grad():
+        model.decoder[-1].weight.mul_(30)  # outputs well beyond [-1, 1]
+    g = torch.Generator().manual_seed(1)
+    patterns = D.draw_patterns(torch.randint(4, (250,), generator=g), args, g)
+    noise = torch.randn(250, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        raw = D.copy.deepcopy(model).train()(noise, D.masks_of(patterns, args),
+                                              torch.full((250,), 50.0))
+    assert raw.min() < -1 and raw.max() > 1
+    torch.testing.assert_close(D.generate(model, patterns, noise, args),
+                               (raw.clamp(-1, 1) + 1) / 2)
 
 
 def test_samples_do_not_depend_on_how_eval_asks_for_them():
@@ -381,7 +698,9 @@ def test_samples_do_not_depend_on_how_eval_asks_for_them():
 
 
 @pytest.mark.parametrize("phase_one, phase_two, ref, expected", [
-    ({}, None, "test", 44.15), ({"clusters": 8}, None, "test", 42.83),
+    ({"clusters": 1}, None, "test", 48.72), ({"clusters": 8}, None, "test", 42.83),
+    ({"clusters": 16}, None, "test", 45.88), ({}, None, "test", 44.15),
+    ({"clusters": 64}, None, "test", 44.39), ({"clusters": 4}, None, "test", None),
     ({}, None, "train", None), ({"max_shift": 0}, None, "test", None),
     ({"batch_size": 128}, None, "test", None),
     ({}, {}, "test", 42.73), ({}, {}, "train", 39.02), ({"max_shift": 0}, {}, "test", 47.69),
@@ -396,6 +715,7 @@ def test_paper_figure_only_for_the_papers_settings(phase_one, phase_two, ref, ex
         args = one
     else:
         (tmp_path / "args.json").write_text(json.dumps(one))
-        two = {**one, **D.PHASE_TWO, "finetune_from": str(tmp_path), **phase_two}
+        official = {"epochs": 2000, "max_shift": 0, "wd_warmup": 0.0}  # README, phase two
+        two = {**one, **official, "finetune_from": str(tmp_path), **phase_two}
         args = {**two, "phase_two_epochs": 0}
     assert D.paper_fid(args, ref) == ({} if expected is None else {"uniform": expected})

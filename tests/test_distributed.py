@@ -74,8 +74,10 @@ def test_one_ddp_step_equals_one_process_step(tmp_path):
 
 
 def test_killed_two_process_run_resumes_as_if_never_interrupted(tmp_path):
+    # --noise-std: each process draws decoder-input noise from its own random stream, which
+    # the checkpoint must keep per process for the resumed run to draw what it would have
     flags = [*DIGITS, "--filters", "4", "--latent-dim", "4", "--gmm-components", "2",
-             "--flip", "--epochs", "4"]
+             "--flip", "--noise-std", "0.1", "--epochs", "4"]
     straight = run_script(*TORCHRUN, "dae.py", *flags, "--out-dir", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = subprocess.Popen([sys.executable, *TORCHRUN, "dae.py", *flags, "--out-dir",

@@ -1,5 +1,6 @@
 """eval.py and the evaluation helpers of common.py, offline: the real pytorch-fid loading
 code runs on random-initialised Inception weights put where its loader looks."""
+import dataclasses
 import json
 import math
 import re
@@ -16,6 +17,17 @@ import common
 import eval as eval_module
 from conftest import cli_error, train
 from fakes import write_random_inception
+
+
+def test_defaults_are_the_papers_protocol():
+    """10,000 samples per column against the test split (Daly et al., Ghosh et al.), KID as
+    torch-fidelity (100 subsets of 1,000), Parzen on 10,000 samples (Yoo et al.); every
+    sampler the run offers; the run's own data folder."""
+    protocol = dict(runs=[], num_samples=10000, ref="test", samplers=[], data_root="",
+                    batch_size=250, device="auto", seed=0, kid_subsets=100,
+                    kid_subset_size=1000, save_samples="", json="", parzen=False,
+                    parzen_samples=10000, fid=[])
+    assert dataclasses.asdict(eval_module.Args()) == protocol
 
 
 @pytest.fixture
@@ -44,6 +56,14 @@ def test_frechet_distance_equals_pytorch_fid():
         assert with_root == pytest.approx(theirs, rel=1e-6)
 
 
+def test_a_covariance_needs_two_samples():
+    mean, cov = common.gaussian_stats(torch.tensor([[0.0, 1.0], [2.0, 5.0]]))
+    torch.testing.assert_close(mean, torch.tensor([1.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(cov, torch.tensor([[2.0, 4.0], [4.0, 8.0]], dtype=torch.float64))
+    with pytest.raises(common.UserError, match="at least 2 samples"):
+        common.gaussian_stats(torch.zeros(1, 2))
+
+
 def test_frechet_distance_closed_form_for_diagonal_gaussians():
     mu1, mu2 = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 2.5, -1.0])
     var1, var2 = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
@@ -61,6 +81,12 @@ def test_inception_score_bounds():
     spread[torch.arange(len(spread)), torch.arange(len(spread)) % k] = 50.0
     mean, std = common.inception_score(spread)
     assert mean == pytest.approx(k, rel=1e-6) and std == pytest.approx(0, abs=1e-6)
+    # Random logits against numpy: exp of the mean KL(p(y|x) || p(y)) on each of 10 parts in
+    # order; their mean and np.std (ddof 0, as the reference implementations).
+    logits = torch.randn(200, 7, generator=torch.Generator().manual_seed(1)).double() * 3
+    p = torch.softmax(logits, 1).numpy()
+    scores = [np.exp((q * (np.log(q) - np.log(q.mean(0)))).sum(1).mean()) for q in np.split(p, 10)]
+    assert common.inception_score(logits) == pytest.approx((np.mean(scores), np.std(scores)))
 
 
 def test_precision_recall():
@@ -96,6 +122,10 @@ def test_features_equal_pytorch_fid_get_activations(inception, tmp_path):
     scale = np.abs(theirs).max()
     assert 1e-2 < scale < 1e3 and ours.std(0).mean() > 1e-3 * scale  # tells images apart
     assert np.allclose(ours.numpy(), theirs, rtol=1e-4, atol=1e-5 * scale)
+    # Images as a PNG would store them: clipped to [0, 1] and rounded to 8 bits first.
+    wild = images[:2].float() / 255 * 2 - 0.5 + 0.001  # values in [-0.5, 1.5], off the grid
+    stored = ((wild.clamp(0, 1) * 255).round() / 255)
+    torch.testing.assert_close(inception(wild)[0], inception(stored)[0], rtol=0, atol=0)
 
 
 def test_missing_inception_weights_offline(tmp_path, monkeypatch):
@@ -110,7 +140,7 @@ def test_precision_recall_equals_a_brute_force_count():
     """Kynkaanniemi et al.: a fake point is covered when it lies within the distance from
     some real point to that point's 3rd nearest other real point (and vice versa)."""
     g = torch.Generator().manual_seed(1)
-    real, fake = torch.randn(60, 3, generator=g), torch.randn(50, 3, generator=g) * 1.5 + 0.5
+    real, fake = torch.randn(60, 3, generator=g), torch.randn(50, 3, generator=g) * 2 + 0.5
 
     def coverage(points, centres):
         d = np.linalg.norm(centres.numpy()[:, None] - centres.numpy()[None], axis=2)
@@ -122,6 +152,9 @@ def test_precision_recall_equals_a_brute_force_count():
     assert precision == pytest.approx(coverage(fake, real), abs=1e-9)
     assert common.precision_recall(real[:3], fake) == (None, None)  # no 3rd neighbour
     assert recall == pytest.approx(coverage(real, fake), abs=1e-9)
+    # On the boundary counts as inside: real 0's 3rd neighbour is 3 away, as are the fakes.
+    line = torch.arange(5.0)[:, None]
+    assert common.precision_recall(line, torch.full((4, 1), -3.0)) == (1.0, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -150,27 +183,43 @@ def test_eval_writes_the_table_and_metrics(dae_run, weights, tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert re.sub(r"\s", "", rows[0]) == \
         "|run|method|column|FID|paperFID|KIDx10^3|IS|precision|recall|"
+    (rule,) = [line for line in out.splitlines() if line.startswith("|---")]
+    assert rule.count("|") == rows[0].count("|")  # markdown: a rule cell per column
     assert [row.split("|")[3].strip() for row in rows[1:]] == ["REC", "GMM", "Interp"]
     gmm = metrics["columns"]["gmm"]
     assert rows[2].split("|")[6].strip() == \
         f"{1000 * gmm['kid_mean']:.2f} ± {1000 * gmm['kid_std']:.2f}"  # KID x 10^3
     assert "smoke tests only" in out
     assert len(list((tmp_path / "samples" / "gmm").glob("*.png"))) == 3
+    again = eval_module.Args(**{**vars(args), "seed": 1})  # computed again, into the same folder
+    eval_module.main(again, set())
+    assert len(list((tmp_path / "samples" / "gmm").glob("*.png"))) == 3
 
 
-def test_metrics_are_reused_only_for_the_same_request(dae_run, weights, monkeypatch, capsys):
+@pytest.fixture
+def means_only_fid(monkeypatch):
+    """FID's square roots of 2048 x 2048 covariances take seconds on a CPU; tests of what
+    eval.py does with the figures (cache, table) use |mu1 - mu2|^2 in its place."""
+    monkeypatch.setattr(common, "psd_sqrt", lambda sigma: None)
+    monkeypatch.setattr(common, "frechet_distance", lambda mu1, sigma1, mu2, sigma2, root1=None:
+                        ((mu1 - mu2) ** 2).sum().item())
+
+
+def test_metrics_are_reused_only_for_the_same_request(dae_run, weights, means_only_fid,
+                                                      monkeypatch, capsys):
     """A second call with the same request reads metrics.json; other samples, or a changed
     checkpoint, compute afresh."""
     args = eval_module.Args(runs=[str(dae_run)], num_samples=3, batch_size=3, device="cpu",
                             samplers=["gmm"])
     first = eval_module.evaluate(str(dae_run), args)
     real_score = eval_module.score
-    monkeypatch.setattr(eval_module, "score", lambda *a: pytest.fail("computed again"))
+    monkeypatch.setattr(eval_module, "score", lambda *a, **k: pytest.fail("computed again"))
     again = eval_module.evaluate(str(dae_run), args)
     assert again["columns"] == first["columns"] and "read from" in capsys.readouterr().out
     monkeypatch.setattr(eval_module, "score", real_score)
     calls = []
-    monkeypatch.setattr(eval_module, "score", lambda *a: calls.append(a) or real_score(*a))
+    monkeypatch.setattr(eval_module, "score",
+                        lambda *a, **k: calls.append(a) or real_score(*a, **k))
     eval_module.evaluate(str(dae_run), eval_module.Args(**{**vars(args), "num_samples": 4}))
     assert len(calls) == 3
     state = torch.load(dae_run / "checkpoint.pt", weights_only=True)
@@ -180,7 +229,7 @@ def test_metrics_are_reused_only_for_the_same_request(dae_run, weights, monkeypa
     assert len(calls) == 6
 
 
-def test_one_table_for_several_runs(dae_run, weights, tmp_path, capsys):
+def test_one_table_for_several_runs(dae_run, weights, means_only_fid, tmp_path, capsys):
     """python eval.py RUN_A RUN_B --json FILE: one table, a row per run and column."""
     import vae
 
@@ -212,7 +261,7 @@ def kid_by_loops(x: np.ndarray, y: np.ndarray) -> float:
 def test_kid_is_the_unbiased_polynomial_mmd():
     g = torch.Generator().manual_seed(0)
     real, fake = torch.randn(12, 5, generator=g), torch.randn(12, 5, generator=g) + 0.7
-    mean, std = common.kernel_inception_distance(real, fake, subsets=3, subset_size=12)
+    mean, std = common.kernel_inception_distance(real, fake, subsets=3, subset_size=12, seed=0)
     assert mean == pytest.approx(kid_by_loops(real.numpy().astype(np.float64),
                                               fake.numpy().astype(np.float64)), rel=1e-9)
     assert std == pytest.approx(0, abs=1e-12)  # every subset is the whole set
@@ -227,11 +276,14 @@ def test_kid_is_the_unbiased_polynomial_mmd():
     assert mean == pytest.approx(np.mean(values)) and std == pytest.approx(np.std(values))
     # Unbiased: two samples of one distribution average to 0; a shift is positive.
     same = [common.kernel_inception_distance(torch.randn(200, 5, generator=g),
-                                             torch.randn(200, 5, generator=g), 1, 200)[0]
+                                             torch.randn(200, 5, generator=g), 1, 200, 0)[0]
             for _ in range(20)]
     assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(20)
-    assert common.kernel_inception_distance(real, real + 1, 1, 12)[0] > 0
-    assert common.kernel_inception_distance(real[:1], fake) == (None, None)
+    assert common.kernel_inception_distance(real, real + 1, 1, 12, 0)[0] > 0
+    assert common.kernel_inception_distance(real[:1], fake, 100, 1000, 0) == (None, None)
+    two = common.kernel_inception_distance(real[:2], fake[:2], 1, 1000, 0)[0]  # the fewest
+    assert two == pytest.approx(kid_by_loops(real[:2].double().numpy(),
+                                             fake[:2].double().numpy()), rel=1e-9)
 
 
 def test_parzen_of_one_sample_is_a_gaussian():
@@ -257,6 +309,67 @@ def test_parzen_of_a_gaussian_matches_its_closed_form():
 def test_parzen_widths_are_the_official_grid():
     """eval_gen_img.py (53753c9): np.arange(0.1, 0.3, 0.01) for MNIST."""
     assert np.allclose(eval_module.PARZEN_SIGMAS.numpy(), np.arange(0.1, 0.3, 0.01))
+
+
+def test_parzen_validation_and_points():
+    """The width is chosen on the run's held-out images, or on the last tenth of its training
+    images, at most 10,000; MNIST's 2-pixel zero border (added to make 32x32) is cut off."""
+    assert torch.equal(eval_module.parzen_validation(torch.arange(1500), 5),
+                       torch.arange(1495, 1500))
+    assert torch.equal(eval_module.parzen_validation(torch.arange(1500), 0),
+                       torch.arange(1350, 1500))
+    assert torch.equal(eval_module.parzen_validation(torch.arange(100_010), 0),
+                       torch.arange(90_010, 100_010))
+    digits = torch.rand(3, 1, 28, 28)
+    padded = torch.nn.functional.pad(digits, (2, 2, 2, 2))  # what load_images gives MNIST
+    torch.testing.assert_close(eval_module.parzen_points(padded, "mnist"), digits.flatten(1))
+    torch.testing.assert_close(eval_module.parzen_points(padded, "digits"), padded.flatten(1))
+
+
+def numpy_parzen(samples, points, sigma):
+    """log p of each point under the Gaussian kernel density on the samples, by scipy."""
+    from scipy.special import logsumexp
+
+    d2 = ((points[:, None, :] - samples[None]) ** 2).sum(-1)
+    dim = samples.shape[1]
+    return (logsumexp(-d2 / (2 * sigma ** 2), axis=1) - np.log(len(samples))
+            - dim / 2 * np.log(2 * np.pi * sigma ** 2))
+
+
+def test_parzen_protocol(dae_run, monkeypatch):
+    """--parzen-samples samples; the width of the grid 0.10 .. 0.29 whose mean log-likelihood
+    of the validation points (the last tenth of the run's training digits) is highest; the
+    test images' mean log-likelihood at that width, with its standard error (scipy)."""
+    seen = []
+    real = eval_module.parzen_log_likelihood
+    monkeypatch.setattr(eval_module, "parzen_log_likelihood",
+                        lambda *a: seen.append([t.double().numpy() for t in a]) or real(*a))
+    result = eval_module.parzen(str(dae_run), eval_module.Args(
+        samplers=["gmm"], parzen_samples=30, device="cpu"))["columns"]["gmm"]
+    (samples, valid, _), (again, test, _) = seen
+    assert samples.shape == (30, 32 * 32) and np.array_equal(samples, again)
+    train = common.load_images("digits", "", "train")[1350:].flatten(1).double() / 255
+    assert np.allclose(valid, train.numpy())
+    grid = np.arange(0.1, 0.3, 0.01)
+    best = grid[np.argmax([numpy_parzen(samples, valid, sigma).mean() for sigma in grid])]
+    assert result["sigma"] == pytest.approx(best)
+    ll = numpy_parzen(samples, test, best)
+    assert len(ll) == 297 and result["log_likelihood"] == pytest.approx(ll.mean(), rel=1e-6)
+    assert result["standard_error"] == pytest.approx(stats.sem(ll), rel=1e-6)
+
+
+def test_parzen_scores_at_most_10000_test_images(dae_run, monkeypatch):
+    load = common.load_images
+    many = torch.randint(0, 256, (10_001, 1, 32, 32), dtype=torch.uint8)
+    monkeypatch.setattr(common, "load_images", lambda name, root, split, *a: (
+        many if split == "test" else load(name, root, split, *a)))
+    seen = []
+    real = eval_module.parzen_log_likelihood
+    monkeypatch.setattr(eval_module, "parzen_log_likelihood",
+                        lambda *a: seen.append(len(a[1])) or real(*a))
+    eval_module.parzen(str(dae_run), eval_module.Args(samplers=["gmm"], parzen_samples=2,
+                                                      device="cpu"))
+    assert seen == [150, 10_000]
 
 
 def test_parzen_of_every_sampler(dae_run, capsys):
@@ -323,6 +436,20 @@ class _Halves:
         return z[:, :, None, None].expand(-1, 1, 2, 2)
 
 
+def test_fewer_images_than_feature_dimensions_is_a_smoke_test():
+    """A covariance of D = 2048 features needs 2048 images, generated and reference alike."""
+    ref = {"features": torch.zeros(3000, 2048)}
+    assert not eval_module.smoke_test({"gmm": {"n": 2048}, "rec": {"n": 5000}}, ref)
+    assert eval_module.smoke_test({"gmm": {"n": 2047}, "rec": {"n": 5000}}, ref)
+    assert eval_module.smoke_test({"gmm": {"n": 5000}}, {"features": torch.zeros(2047, 2048)})
+
+
+def test_rec_decodes_the_codes_of_the_test_images_in_unit_range():
+    test = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 1, 2, 2) * 20
+    images = torch.cat(list(eval_module.reconstructed(_Halves, None, test, 3)))
+    torch.testing.assert_close(images[:, 0, 0, 0], torch.arange(10) * 20 / 255)
+
+
 def test_interp_decodes_the_midpoints_of_random_test_pairs():
     test = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 1, 2, 2) * 20
     args = eval_module.Args(batch_size=3, seed=4)
@@ -361,6 +488,9 @@ def test_bad_input(dae_run, weights, tmp_path, capsys):
     assert "--num-samples" in last and "at least 2" in last
     assert "two folders" in error("--fid", tmp_path)
     assert "give run folders" in error()
+    for side in (32, 40):  # a folder of images of two sizes
+        Image.new("RGB", (side, side)).save(tmp_path / f"{side}.png")
+    assert "differ in size" in error("--fid", tmp_path, tmp_path, "--device", "cpu")
 
 
 def test_parzen_width_is_chosen_on_the_held_out_images(dae_run, monkeypatch):

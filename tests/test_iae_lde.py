@@ -1,6 +1,7 @@
 """iae_lde.py: the LDE's causality, widths and likelihood, the incremental code, the two
 decoder outputs, the perceptual loss, the per-data-set settings, and both stages end to end
 (--fit-lde and --resume with their own LDE settings)."""
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,22 @@ from scipy import stats
 
 import common
 import iae_lde as I
-from conftest import cli_error, log_records, train
+from conftest import RUN_OPTIONS, cli_error, log_records, recorded, train
+
+
+def test_defaults_are_the_official_cifar10_scripts():
+    """train_ae.sh / train_armdn.sh (53753c9) for CIFAR-10: ae00 (tanh, 64 filters), d 256,
+    W 128, no perceptual loss, batch 128, Adam 1e-3 halved at 20, 50, 100, 200, the
+    epoch-250 checkpoint; armdn00 with K 50, 200 epochs of batch 128, Adam 2e-4 halved at
+    15, 35, 60, 100, the epoch best on held-out codes kept (ours: a tenth of the training
+    codes; the official code validates on its validation split)."""
+    official = dict(dataset="cifar10", image_size=0, crop=0, flip=False, filters=64,
+                    latent_dim=256, warmup_epochs=128, perc_weight=0.0, output="tanh",
+                    holdout=0, epochs=250, lde_components=50, batch_size=128, lr=1e-3,
+                    lr_drops=[20, 50, 100, 200], lde_epochs=200, lde_batch_size=128,
+                    lde_lr=2e-4, lde_lr_drops=[15, 35, 60, 100], lde_holdout=0.1, fit_lde="",
+                    gmm_components=10)
+    assert dataclasses.asdict(I.Args()) == {**official, **RUN_OPTIONS}
 
 
 def lde_with_large_weights(d: int, components: int = 4, seed: int = 0) -> I.LDE:
@@ -83,11 +99,12 @@ def test_lde_fits_a_known_mixture(tmp_path):
     match the mixture's (within what that gap allows)."""
     train, _ = known_mixture(6000, seed=0)
     test, true_log_density = known_mixture(3000, seed=1)
-    args = I.Args(components=10, lde_epochs=40, lde_lr=2e-3, lde_lr_drops=[25, 35], seed=0)
+    args = I.Args(lde_components=10, lde_epochs=40, lde_lr=2e-3, lde_lr_drops=[25, 35], seed=0)
     sampler = I.train_lde(train, args, tmp_path, torch.device("cpu"))
     fitted = sampler.log_prob(test).numpy()
     assert abs(fitted.mean() - true_log_density.mean()) < 0.1, fitted.mean()
-    single_gaussian = common.fit_samplers(train, gmm_components=1)["mvg"].log_prob(test).numpy()
+    mvg = common.fit_samplers(train, seed=0, gmm_components=1)["mvg"]
+    single_gaussian = mvg.log_prob(test).numpy()
     assert fitted.mean() > single_gaussian.mean() + 0.3  # it found the two modes
     drawn = sampler.sample(20000, seed=3)
     truth, _ = known_mixture(20000, seed=2)
@@ -98,9 +115,96 @@ def test_lde_fits_a_known_mixture(tmp_path):
     assert torch.equal(sampler.sample(10, seed=4), sampler.sample(10, seed=4))
 
 
+def test_the_lde_log_holds_each_epochs_mean_nll(tmp_path, monkeypatch):
+    """Per epoch (from 1): the mean of its steps' Eq. (4) losses and the rate, 2e-4 halved
+    at each of --lde-lr-drops passed (armdn00's Adam: betas 0.5, 0.999)."""
+    codes, _ = known_mixture(640, seed=0)
+    losses = recorded(monkeypatch, I, "mixture_nll")
+    args = I.Args(lde_components=3, lde_epochs=3, lde_batch_size=320, lde_lr_drops=[1, 2],
+                  lde_holdout=0.0, seed=0)
+    sampler = I.train_lde(codes, args, tmp_path, torch.device("cpu"))
+    log = [r for r in log_records(tmp_path) if r.get("stage") == "lde"]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and len(losses) == 3 * 2
+    for e, record in enumerate(log):
+        mean = sum(nll.mean().item() for nll in losses[2 * e:2 * e + 2]) / 2
+        assert record["loss"] == pytest.approx(mean, rel=1e-5)
+    assert [r["lr"] for r in log] == pytest.approx([2e-4, 1e-4, 5e-5], rel=1e-12)
+    saved = torch.load(tmp_path / I.LDE_FILE, weights_only=True)["optimizer"]["param_groups"]
+    assert saved[0]["betas"] == (0.5, 0.999) and sampler.settings["lde_epochs"] == 3
+
+
+def test_stage_one_log_and_mask_follow_the_schedule(tmp_path, monkeypatch):
+    """Stage one: each step's decoder sees a_t = min(d, int(d e_t / W + 1)) dimensions
+    (Sec. 3.4; e_t the fractional epoch), the log holds each epoch's mean loss, its last
+    a_t and its rate (1e-3 halved at each of --lr-drops passed; Adam betas 0.5, 0.999)."""
+    actives = []
+    forward = I.IAE.forward
+
+    def spy(self, x, active):
+        actives.append(active)
+        return forward(self, x, active)
+
+    monkeypatch.setattr(I.IAE, "forward", spy)
+    losses = recorded(monkeypatch, I, "autoencoder_loss")
+    folder, _ = train(I, tmp_path, dataset="digits", filters=4, latent_dim=6, warmup_epochs=2,
+                      epochs=2, batch_size=400, lr_drops=[1], perc_weight=0.0, output="sigmoid",
+                      gmm_components=1)
+    steps = 1500 // 400
+    expected = [min(6, int(6 * (e + s / steps) / 2 + 1)) for e in range(2) for s in range(steps)]
+    assert actives[:6] == expected == [1, 2, 3, 4, 5, 6]
+    log = [r for r in log_records(folder) if "active_dims" in r]
+    assert [r["epoch"] for r in log] == [1, 2] and [r["active_dims"] for r in log] == [3, 6]
+    for e, record in enumerate(log):
+        mean = sum(loss.item() for loss in losses[3 * e:3 * e + 3]) / 3
+        assert record["loss"] == pytest.approx(mean, rel=1e-5)
+    assert [r["lr"] for r in log] == [1e-3, 5e-4]
+    checkpoint = common.load_checkpoint(folder)
+    assert checkpoint["optimizer"]["param_groups"][0]["betas"] == (0.5, 0.999)
+    tracked = {v.item() for k, v in checkpoint["model"].items() if "num_batches" in k}
+    assert tracked == {2 * 3}  # every training step, in train mode, and nothing else
+
+
+def test_the_lde_kept_is_the_one_best_on_held_out_codes(tmp_path, monkeypatch):
+    """A random quarter of the codes (--lde-holdout 0.25; not the last, as files sorted by
+    class would make that one class) never trains; after each epoch their NLL per dimension
+    is logged, and the LDE kept is that of the epoch where it was lowest (at a rate high
+    enough that the epochs differ)."""
+    codes, _ = known_mixture(800, seed=0)
+    batches = []
+    nll = I.mixture_nll
+    monkeypatch.setattr(I, "mixture_nll", lambda *a: batches.append(a[-1]) or nll(*a))
+    args = I.Args(lde_components=3, lde_epochs=5, lde_batch_size=100, lde_lr=0.1, lde_holdout=0.25,
+                  seed=0)
+    sampler = I.train_lde(codes, args, tmp_path, torch.device("cpu"))
+    trained = torch.cat([z for z in batches if len(z) == 100])
+    seen = set(map(tuple, trained.tolist()))
+    is_held = torch.tensor([tuple(z) not in seen for z in codes.tolist()])
+    assert len(trained) == 5 * 600 and is_held.sum() == 200
+    assert 70 < is_held[:400].sum() < 130  # spread over the whole set, about half in each half
+    held = [r["validation_loss"] for r in log_records(tmp_path) if r.get("stage") == "lde"]
+    assert len(held) == 5 and len(set(held)) == 5
+    best = int(np.argmin(held))
+    assert best < 4 and sampler.settings["kept_epoch"] == best + 1  # not the last epoch
+    kept = -sampler.log_prob(codes[is_held]).mean().item() / 3
+    assert kept == pytest.approx(held[best], rel=1e-5)
+
+
+def test_lde_trains_with_batch_statistics(tmp_path):
+    """armdn00 trains in train mode: every batch norm normalises with its batch's statistics
+    and counts one update per optimizer step (640 codes, batches of 64: 10 steps an epoch),
+    which moves its running mean off its initial zeros."""
+    codes, _ = known_mixture(640, seed=0)
+    args = I.Args(lde_components=3, lde_epochs=2, lde_batch_size=64, lde_holdout=0.0, seed=0)
+    sampler = I.train_lde(codes, args, tmp_path, torch.device("cpu"))
+    norms = [m for m in sampler.lde.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms and all(m.num_batches_tracked.item() == 2 * 640 // 64 for m in norms)
+    assert all(m.running_mean.abs().sum() > 0 for m in norms)
+    assert not sampler.lde.training  # and samples, log_prob in eval mode
+
+
 def test_an_interrupted_lde_fit_continues_exactly(tmp_path, capsys):
     codes, _ = known_mixture(640, seed=0)
-    args = I.Args(components=5, lde_epochs=2, lde_batch_size=64, seed=1)
+    args = I.Args(lde_components=5, lde_epochs=2, lde_batch_size=64, seed=1)
     one_epoch = I.Args(**{**vars(args), "lde_epochs": 1})
     cpu = torch.device("cpu")
     for name in ("a", "b", "c"):
@@ -146,7 +250,7 @@ def test_stored_lde_sampler_round_trips():
     """Through a checkpoint's sampler states, as eval.py loads it, with how it was fitted."""
     torch.manual_seed(0)
     lde = I.LDE(7, 3).eval()
-    sampler = I.LDESampler(lde, {"components": 3, "lde_epochs": 9})
+    sampler = I.LDESampler(lde, {"lde_components": 3, "lde_epochs": 9})
     restored = common.samplers_from_state({"lde": sampler.state_dict()})["lde"]
     assert isinstance(restored, I.LDESampler) and restored.settings == sampler.settings
     assert torch.equal(restored.sample(20, seed=2), sampler.sample(20, seed=2))
@@ -167,6 +271,56 @@ def test_lde_widths_are_the_official_ones(d):
     assert [convs[0].in_channels] + [c.out_channels for c in convs] == list(expected)
     assert [c.dilation[0] for c in convs[:-1]] == [2 ** i for i in range(blocks)]
     assert convs[-1].kernel_size == (1,) and lde.pad == 2 ** blocks
+    weights = torch.cat([c.weight.detach().flatten() for c in convs])  # armdn00: N(0, 0.02)
+    assert abs(weights.mean()) < 0.001 and abs(weights.std() - 0.02) < 0.001
+    assert all(torch.all(c.bias == 0) for c in convs)
+
+
+def layer_specs(module) -> list[tuple]:
+    """Each layer of a Sequential as (kind, its defining numbers)."""
+    specs = []
+    for m in module:
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            specs.append((type(m).__name__, m.in_channels, m.out_channels, m.kernel_size[0],
+                          m.stride[0], m.padding[0]))
+        elif isinstance(m, torch.nn.LeakyReLU):
+            specs.append(("LeakyReLU", m.negative_slope))
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            specs.append(("BatchNorm2d", m.num_features))
+        else:
+            specs.append((type(m).__name__,))
+    return specs
+
+
+@pytest.mark.parametrize("size, channels", [(32, 3), (64, 3), (32, 1)])
+def test_autoencoder_is_the_official_dcgan_one(size, channels):
+    """ae00 / ae02 [C]: conv 4x4 stride 2 pad 1 (no BN on the first), LeakyReLU 0.2, widths
+    f, 2f, 4f (, 8f) down to 4x4, a 4x4 conv to the 1x1 code; the decoder its mirror, its
+    first transposed conv without BN or activation. Orthogonal conv weights, zero biases,
+    BN weights from N(0, 0.02)."""
+    f, d = 8, 6
+    model = I.IAE(I.Args(filters=f, latent_dim=d), channels, size)
+    widths = [f, 2 * f, 4 * f] + ([8 * f] if size == 64 else [])
+    down = [("Normalize",), ("Conv2d", channels, f, 4, 2, 1), ("LeakyReLU", 0.2)]
+    for a, b in zip(widths, widths[1:]):
+        down += [("Conv2d", a, b, 4, 2, 1), ("BatchNorm2d", b), ("LeakyReLU", 0.2)]
+    down += [("Conv2d", widths[-1], d, 4, 1, 0), ("Flatten",)]
+    up = [("Unflatten",), ("ConvTranspose2d", d, widths[-1], 4, 1, 0)]
+    for a, b in zip(widths[::-1], widths[::-1][1:]):
+        up += [("ConvTranspose2d", a, b, 4, 2, 1), ("BatchNorm2d", b), ("LeakyReLU", 0.2)]
+    up += [("ConvTranspose2d", f, channels, 4, 2, 1), ("Tanh",)]
+    assert layer_specs(model.encoder) == down and layer_specs(model.decoder) == up
+    torch.manual_seed(0)
+    wide = I.IAE(I.Args(filters=64, latent_dim=d), 3, 32)
+    for m in wide.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            w = m.weight.detach().flatten(1)
+            w = w if w.shape[0] <= w.shape[1] else w.T  # rows orthonormal
+            torch.testing.assert_close(w @ w.T, torch.eye(len(w)), rtol=0, atol=1e-4)
+            assert torch.all(m.bias == 0)
+    gammas = torch.cat([m.weight.detach() for m in wide.modules()
+                        if isinstance(m, torch.nn.BatchNorm2d)])  # 128 + 256 + 128 + 64
+    assert abs(gammas.mean().item()) < 0.005 and abs(gammas.std().item() - 0.02) < 0.003
 
 
 def test_active_dims_schedule():
@@ -285,7 +439,7 @@ def test_perceptual_weights_missing_offline(tmp_path, monkeypatch):
         I.Perceptual()
 
 
-TINY = dict(filters=8, latent_dim=6, warmup_epochs=1, epochs=2, batch_size=32, components=4,
+TINY = dict(filters=8, latent_dim=6, warmup_epochs=1, epochs=2, batch_size=32, lde_components=4,
             lde_epochs=3, lde_batch_size=32, gmm_components=2, perc_weight=0.1, device="cpu")
 
 
@@ -313,7 +467,7 @@ def test_both_stages_learn_and_store_every_sampler(two_stage_run):
     stage_one = [r for r in records if "active_dims" in r]
     assert [r["active_dims"] for r in stage_one] == [6, 6]  # all 6 active from epoch 1 on (W=1)
     assert stage_one[-1]["loss"] < stage_one[0]["loss"]
-    lde = [r["nll_per_dim"] for r in records if r.get("stage") == "lde" and "epoch" in r]
+    lde = [r["loss"] for r in records if r.get("stage") == "lde" and "epoch" in r]
     assert len(lde) == 3 and lde[-1] < lde[0]  # the LDE's NLL falls
     nll = records[-1]["test_code_nll"]
     assert set(nll) == {"normal", "mvg", "gmm", "lde"}
@@ -325,7 +479,7 @@ def test_fit_lde_on_a_dae_run(tmp_path):
 
     folder = train(dae, tmp_path, dataset="digits", filters=4, latent_dim=4, epochs=1,
                    batch_size=64, gmm_components=2)
-    nll = I.fit_lde(str(folder), I.Args(components=3, lde_epochs=1, device="cpu"), set())
+    nll = I.fit_lde(str(folder), I.Args(lde_components=3, lde_epochs=1, device="cpu"), set())
     assert set(nll) == {"normal", "mvg", "gmm", "lde"}
     assert (folder / "samples_lde.png").stat().st_size > 0
     loaded = dae.load_run(folder)
@@ -343,13 +497,20 @@ def test_user_errors(argv, words, tmp_path, capsys):
     assert last.startswith("error:") and all(word in last for word in words), last
 
 
+def test_fit_lde_under_torchrun_is_refused(monkeypatch):
+    """Stage two runs in one process; two torchrun processes get one sentence, not a run."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(common.UserError, match="one process"):
+        I.main(I.Args(fit_lde="no/such/run"), {"fit_lde"})
+
+
 # The official scripts' settings: train_ae.sh / train_armdn*.sh of 53753c9 (d, W, perceptual
 # weight, K, model ae00 = tanh / ae02 = sigmoid, the checkpoint epoch the LDE was fitted on)
 # and split_dataset.sh (MNIST 55k / 5k).
 OFFICIAL = {"mnist": (8, 96, 0.0, 30, "sigmoid", 5000, 390),
             "cifar10": (256, 128, 0.0, 50, "tanh", 0, 250),
             "celeba": (100, 100, 0.1, 30, "tanh", 0, 150)}
-FIELDS = ("latent_dim", "warmup_epochs", "perc_weight", "components", "output", "holdout",
+FIELDS = ("latent_dim", "warmup_epochs", "perc_weight", "lde_components", "output", "holdout",
           "epochs")
 
 
@@ -357,9 +518,10 @@ FIELDS = ("latent_dim", "warmup_epochs", "perc_weight", "components", "output", 
 def test_untyped_settings_are_the_official_scripts(dataset):
     args = I.with_dataset_defaults(I.Args(dataset=dataset), set())
     assert tuple(getattr(args, k) for k in FIELDS) == OFFICIAL[dataset]
-    typed = I.with_dataset_defaults(I.Args(dataset=dataset, latent_dim=3, components=2),
-                                    {"latent_dim", "components"})
-    assert (typed.latent_dim, typed.components) == (3, 2) and typed.epochs == OFFICIAL[dataset][6]
+    typed = I.with_dataset_defaults(I.Args(dataset=dataset, latent_dim=3, lde_components=2),
+                                    {"latent_dim", "lde_components"})
+    assert (typed.latent_dim, typed.lde_components) == (3, 2)
+    assert typed.epochs == OFFICIAL[dataset][6]
 
 
 def test_held_out_images_never_reach_training(tmp_path):
@@ -375,7 +537,7 @@ def test_held_out_images_never_reach_training(tmp_path):
 
 
 DIGITS = dict(dataset="digits", filters=4, latent_dim=3, warmup_epochs=1, epochs=1,
-              batch_size=64, components=3, lde_epochs=2, lde_batch_size=64, gmm_components=2)
+              batch_size=64, lde_components=3, lde_epochs=2, lde_batch_size=64, gmm_components=2)
 
 
 @pytest.fixture(scope="module")
@@ -405,13 +567,13 @@ def test_fit_lde_takes_the_runs_own_settings_and_says_what_it_replaces(digits_ru
     capsys.readouterr()
     I.main(I.Args(fit_lde=str(digits_run), device="cpu"), {"fit_lde", "device"})
     out = capsys.readouterr().out
-    assert "replacing the run's LDE (components 3, lde_epochs 2" in out
+    assert "replacing the run's LDE (lde_components 3, lde_epochs 2" in out
     assert "continuing the LDE after its epoch 2" in out
     I.main(I.Args(fit_lde=str(digits_run), lde_epochs=1, device="cpu"),
            {"fit_lde", "lde_epochs", "device"})
     assert "afresh" in capsys.readouterr().out
     settings = common.load_checkpoint(digits_run)["samplers"]["lde"]["settings"]
-    assert settings["lde_epochs"] == 1 and settings["components"] == 3
+    assert settings["lde_epochs"] == 1 and settings["lde_components"] == 3
 
 
 def test_resume_honours_the_lde_flags(digits_run, capsys):
@@ -425,3 +587,17 @@ def test_resume_honours_the_lde_flags(digits_run, capsys):
     assert common.load_checkpoint(digits_run)["samplers"]["lde"]["settings"]["lde_epochs"] == 3
     assert [r["epoch"] for r in log_records(digits_run) if r.get("stage") == "lde"
             and "epoch" in r][-1] == 3
+
+
+def test_without_held_out_codes_the_last_epoch_is_kept(tmp_path):
+    """--lde-holdout 0: every code trains, nothing to choose by, and the last epoch's LDE
+    is kept; a batch may hold every code (one step an epoch), one more is an error."""
+    codes, _ = known_mixture(100, seed=0)
+    args = I.Args(lde_components=2, lde_epochs=2, lde_batch_size=100, lde_holdout=0.0, seed=0)
+    sampler = I.train_lde(codes, args, tmp_path, torch.device("cpu"))
+    assert sampler.settings["kept_epoch"] == 2
+    records = [r for r in log_records(tmp_path) if r.get("stage") == "lde"]
+    assert [r["epoch"] for r in records] == [1, 2] and "validation_loss" not in records[0]
+    too_big = dataclasses.replace(args, lde_batch_size=101)
+    with pytest.raises(common.UserError, match="larger than the 100 codes"):
+        I.train_lde(codes, too_big, tmp_path / "other", torch.device("cpu"))

@@ -13,7 +13,7 @@ def correlated_codes(n, seed=0):
 
 def test_mvg_reproduces_mean_and_covariance():
     codes = correlated_codes(5000)
-    mvg = common.fit_samplers(codes, gmm_components=2)["mvg"]
+    mvg = common.fit_samplers(codes, seed=0, gmm_components=2)["mvg"]
     z = mvg.sample(100_000, seed=1)
     assert z.shape == (100_000, 3) and z.dtype == torch.float32
     assert torch.allclose(z.mean(0).double(), codes.double().mean(0), atol=0.03)
@@ -21,7 +21,8 @@ def test_mvg_reproduces_mean_and_covariance():
 
 
 def test_normal_is_standard():
-    z = common.fit_samplers(correlated_codes(500), gmm_components=1)["normal"].sample(50_000)
+    normal = common.fit_samplers(correlated_codes(500), seed=0, gmm_components=1)["normal"]
+    z = normal.sample(50_000, seed=0)
     assert torch.allclose(z.mean(0), torch.zeros(3), atol=0.03)
     assert torch.allclose(torch.cov(z.T), torch.eye(3), atol=0.03)
 
@@ -48,7 +49,7 @@ def test_gmm_round_trip_and_shuffled_samples():
 
 
 def test_same_seed_same_samples():
-    samplers = common.fit_samplers(correlated_codes(500), gmm_components=2)
+    samplers = common.fit_samplers(correlated_codes(500), seed=0, gmm_components=2)
     for sampler in samplers.values():
         assert torch.equal(sampler.sample(10, seed=5), sampler.sample(10, seed=5))
         assert not torch.equal(sampler.sample(10, seed=5), sampler.sample(10, seed=6))
@@ -57,17 +58,17 @@ def test_same_seed_same_samples():
 def test_rank_deficient_codes_do_not_crash():
     base = torch.randn(400, 2)
     codes = torch.cat([base, base[:, :1], torch.zeros(400, 1)], 1)  # rank 2 of 4
-    samplers = common.fit_samplers(codes, gmm_components=10)
+    samplers = common.fit_samplers(codes, seed=0, gmm_components=10)
     for name, sampler in samplers.items():
         z = sampler.sample(1000, seed=0)
         assert torch.isfinite(z).all(), name
-    z = samplers["mvg"].sample(1000)
+    z = samplers["mvg"].sample(1000, seed=0)
     assert torch.allclose(z[:, 0], z[:, 2], atol=1e-4)  # the degenerate direction is kept
     assert z[:, 3].abs().max() < 1e-4
 
 
 def test_state_survives_a_safe_checkpoint(tmp_path):
-    samplers = common.fit_samplers(correlated_codes(500), gmm_components=2)
+    samplers = common.fit_samplers(correlated_codes(500), seed=0, gmm_components=2)
     common.atomic_save({"samplers": {k: s.state_dict() for k, s in samplers.items()}},
                        tmp_path / "c.pt")
     stored = torch.load(tmp_path / "c.pt", weights_only=True)["samplers"]
@@ -86,3 +87,33 @@ def test_log_prob_equals_scipy_mixture_density():
     density = sum(w * stats.multivariate_normal(m.numpy(), c.numpy() + 1e-6 * np.eye(2)).pdf(
         points.numpy()) for w, m, c in zip(gmm.weights, gmm.means, gmm.covs))
     np.testing.assert_allclose(gmm.log_prob(points).numpy(), np.log(density), rtol=1e-6)
+
+
+def test_gmm_is_the_rae_codes_scikit_learn_fit(monkeypatch):
+    """The RAE code's ex-post density: GaussianMixture(10, covariance_type='full',
+    max_iter=2000, tol=1e-3), every other option at scikit-learn's default, seeded."""
+    import sklearn.mixture
+
+    official = dict(n_components=10, covariance_type="full", max_iter=2000, tol=1e-3,
+                    reg_covar=1e-6, n_init=1, init_params="kmeans", random_state=7)
+    made = []
+
+    class Recorded(sklearn.mixture.GaussianMixture):
+        def fit(self, x, y=None):
+            made.append(self.get_params())
+            return super().fit(x, y)
+
+    monkeypatch.setattr(sklearn.mixture, "GaussianMixture", Recorded)
+    codes = correlated_codes(400)
+    gmm = common.fit_samplers(codes, seed=7, gmm_components=10)["gmm"]
+    (params,) = made
+    assert {k: params[k] for k in official} == official
+    reference = sklearn.mixture.GaussianMixture(**official).fit(codes.double().numpy())
+    np.testing.assert_allclose(gmm.means.numpy(), reference.means_, rtol=1e-10)
+
+
+def test_codes_that_carry_a_graph_are_fitted_as_values():
+    codes = correlated_codes(300).requires_grad_()
+    mvg = common.fit_samplers(codes * 1.0, seed=0, gmm_components=2)["mvg"]
+    assert not mvg.means.requires_grad
+    torch.testing.assert_close(mvg.means[0], codes.detach().double().mean(0))

@@ -10,7 +10,17 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 import vae
-from conftest import log_records, train
+import common
+from conftest import RUN_OPTIONS, log_records, recorded, train
+
+
+def test_defaults_are_daly_et_als_baseline():
+    """Daly et al.'s beta-VAE (Table 2): the DAE's backbone, schedule and GMM, BCE plus
+    beta = 0.01 (the -1 default) times the KL, a learned sigma."""
+    paper = dict(dataset="cifar10", image_size=0, crop=0, loss="bce", kl_weight=-1.0,
+                 fixed_std=0.0, filters=128, depth=[1], latent_dim=128, epochs=100,
+                 schedule_epochs=0, batch_size=128, lr=1e-3, warmup_lr=1e-4, gmm_components=10)
+    assert dataclasses.asdict(vae.Args()) == {**paper, **RUN_OPTIONS}
 
 
 def gaussian_posterior(seed=0, batch=5, d=7):
@@ -83,15 +93,64 @@ def test_decoder_sees_the_reparameterised_code():
     torch.manual_seed(7)
     eps = torch.randn(4, 6)
     torch.testing.assert_close(seen[0], mu + log_sigma.exp() * eps)
-    assert log_sigma.abs().max() <= 5  # bounded: 5 tanh(.)
+    heads = model.encoder.heads  # the official log sigma: 5 tanh of the second d outputs
+    with torch.no_grad():
+        h = model.encoder.features(x) @ heads.weight[6:].T + heads.bias[6:]
+    torch.testing.assert_close(log_sigma, 5 * torch.tanh(h), rtol=1e-5, atol=1e-6)
+
+
+def test_codes_are_the_encoder_means(tmp_path):
+    """encode gives mu, the first d outputs of the encoder's last linear layer (computed here
+    from its weights): never log sigma, never a sampled z. The ex-post MVG is fitted to the
+    means of the training images (the official RAE code fits mu), as REC and Interp use."""
+    folder = train(vae, tmp_path, dataset="digits", filters=4, latent_dim=3, epochs=1,
+                   batch_size=64, gmm_components=1)
+    run = vae.load_run(folder)
+    heads = run.model.encoder.heads
+    x = common.load_images("digits", "", "train").float() / 255
+    with torch.no_grad():
+        features = run.model.encoder.features(x)
+        mu = features @ heads.weight[:3].T + heads.bias[:3]
+        codes = vae.encode(run, x)
+    torch.testing.assert_close(codes, mu, rtol=1e-4, atol=1e-5)
+    assert torch.equal(codes, vae.encode(run, x))  # deterministic
+    torch.testing.assert_close(run.samplers["mvg"].means[0], mu.double().mean(0), rtol=0,
+                               atol=1e-5)
+    torch.testing.assert_close(run.samplers["mvg"].covs[0], torch.cov(mu.double().T), rtol=0,
+                               atol=1e-5)
+
+
+def test_the_log_holds_each_epochs_mean_terms(tmp_path, monkeypatch):
+    """Per epoch (from 1): the means of its steps' reconstruction and KL terms, and the
+    epoch's rate (Daly et al.'s warm-up, then the switched rate); Adam with eps 1e-7."""
+    calls = recorded(monkeypatch, vae, "vae_loss")
+    folder = train(vae, tmp_path, dataset="digits", filters=4, latent_dim=3, epochs=2,
+                   batch_size=400, gmm_components=1)
+    log = log_records(folder)
+    assert [r["epoch"] for r in log] == [1, 2] and len(calls) == 2 * 3
+    for e, record in enumerate(log):
+        for name in ("reconstruction", "kl", "loss"):
+            mean = sum(t[name].item() for t in calls[3 * e:3 * e + 3]) / 3
+            assert record[name] == pytest.approx(mean, rel=1e-5), name
+    assert [r["lr"] for r in log] == pytest.approx([1e-4, 1e-5], rel=1e-12)
+    checkpoint = common.load_checkpoint(folder)
+    adam = checkpoint["optimizer"]["param_groups"][0]
+    assert adam["eps"] == 1e-7 and adam["betas"] == (0.9, 0.999)
+    tracked = {v.item() for k, v in checkpoint["model"].items() if "num_batches" in k}
+    assert tracked == {2 * 3}  # every training step, in train mode, and nothing else
 
 
 def test_default_kl_weights():
-    """beta = 0.01 (Daly et al.), and Ghosh et al.'s official per-data-set weights."""
+    """beta = 0.01 (Daly et al.), and Ghosh et al.'s official per-data-set embedding_weight
+    (configurations/config.py) for the VAE and the CV-VAE (sigma 0.7); typed as typed."""
     assert vae.kl_weight(vae.Args()) == 0.01
-    assert vae.kl_weight(vae.Args(loss="gaussian")) == 0.024
-    assert vae.kl_weight(vae.Args(loss="gaussian", fixed_std=0.7, dataset="mnist")) == 0.039
+    official = {"mnist": (0.312, 0.0195 * 2), "cifar10": (0.024, 9e-4), "celeba": (0.09024, 0.01),
+                "digits": (0.024, 9e-4)}  # other data sets: CIFAR-10's
+    for dataset, (learned, fixed) in official.items():
+        assert vae.kl_weight(vae.Args(loss="gaussian", dataset=dataset)) == learned
+        assert vae.kl_weight(vae.Args(loss="gaussian", dataset=dataset, fixed_std=0.7)) == fixed
     assert vae.kl_weight(vae.Args(kl_weight=0.5)) == 0.5
+    assert vae.kl_weight(vae.Args(kl_weight=0.0)) == 0.0  # no KL at all
 
 
 def test_a_larger_beta_gives_a_smaller_kl(tmp_path):
@@ -103,6 +162,37 @@ def test_a_larger_beta_gives_a_smaller_kl(tmp_path):
     large = log_records(train(vae, tmp_path / "large", kl_weight=1.0, **flags))[-1]
     assert large["kl"] < 0.75 * small["kl"], (small, large)
     assert large["reconstruction"] > small["reconstruction"]
+
+
+# Daly et al.'s VAE rows as printed: Table 2 (CIFAR-10, 128 latents) and Table 3 (best
+# latent sizes). Data set, filters, latents: Test R, N(z; 0, 1), MVG, GMM.
+DALY_VAE_ROWS = """
+    cifar10  32   128  79.06  100.1  101.0  94.40
+    cifar10  64   128  78.35  99.49  101.0  93.60
+    cifar10  128  128  76.20  99.62  101.9  94.21
+    cifar10  256  128  93.49  112.0  112.5  108.6
+    cifar10  32   256  62.69  96.14  95.77  87.67
+    cifar10  32   384  56.07  95.29  95.25  88.77
+    cifar10  32   512  52.08  96.59  94.79  89.14
+    cifar10  64   384  51.59  89.77  89.92  82.35
+    cifar10  64   512  46.01  90.95  89.45  83.06
+    cifar10  128  384  46.98  87.29  86.65  80.01
+    cifar10  256  512  39.50  82.34  83.45  78.95
+    cifar10  256  768  37.27  87.68  85.25  78.91
+    celeba   32   768  39.83  54.53  52.10  48.03
+    celeba   64   768  38.42  50.34  47.73  43.23
+    celeba   128  384  40.04  49.09  49.07  47.30
+    celeba   128  768  36.93  50.67  47.70  42.91
+"""
+
+
+def test_paper_figures_are_the_papers_tables():
+    for line in DALY_VAE_ROWS.strip().splitlines():
+        dataset, filters, latent, *fids = line.split()
+        args = {**dataclasses.asdict(vae.Args()), "dataset": dataset, "filters": int(filters),
+                "latent_dim": int(latent)}
+        expected = dict(zip(("rec", "normal", "mvg", "gmm"), map(float, fids)))
+        assert vae.paper_fid(args) == expected, line
 
 
 @pytest.mark.parametrize("changes", [dict(loss="gaussian"), dict(kl_weight=0.05),
