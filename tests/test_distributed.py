@@ -73,6 +73,7 @@ def test_one_ddp_step_equals_one_process_step(tmp_path):
         torch.testing.assert_close(double[name], single[name], atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_two_process_run_resumes_as_if_never_interrupted(tmp_path):
     # --noise-std: each process draws decoder-input noise from its own random stream, which
     # the checkpoint must keep per process for the resumed run to draw what it would have
