@@ -35,8 +35,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # 1. Command line -------------------------------------------------------------------------
-
-
 class UserError(Exception):
     """A mistake the user can fix (bad data path, missing checkpoint): printed as one line."""
 
@@ -128,7 +126,6 @@ def cli(main, args_cls, doc: str | None):
 
 
 # 2. Data: decode once into uint8 [N, C, H, W]; batch on the training device --------------
-
 DATASETS = ("cifar10", "mnist", "celeba", "folder", "digits", "fake")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 # Image size and centre crop a data set gets when --image-size / --crop are 0.
@@ -453,8 +450,6 @@ class Decoder(nn.Module):
 
 
 # 4. Latent samplers: fitted on the codes after training (ex-post density estimation) -----
-
-
 class LatentSampler:
     """A Gaussian mixture over codes, sum_k w_k N(mu_k, Sigma_k) in float64. The three ex-post
     densities are its cases: N(0, I) and MVG have one component, GMM has K."""
@@ -528,7 +523,6 @@ def samplers_from_state(states: dict) -> dict:
 
 
 # 5. Run utilities ------------------------------------------------------------------------
-
 # Several processes: `torchrun --nproc_per_node=N <method>.py ...` starts N copies of a
 # script, one per GPU. Each keeps 1/N of the training set on its device and takes
 # --batch-size / N images per step; DistributedDataParallel (DDP) averages the gradients, so
@@ -1031,7 +1025,6 @@ def save_sample_grids(run: Run, seed: int):
 
 
 # 6. GPU evaluation helpers: Inception features, FID, IS, precision / recall --------------
-
 def missing_weights(what: str, url: str, error: Exception) -> UserError:
     """The error for pretrained weights that are not in torch's cache and cannot be
     downloaded: which file, where it belongs, where it comes from."""

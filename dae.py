@@ -161,11 +161,7 @@ class Args:
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
 
-# ----------------------------------------------------------------------------------------
-# Model: the common backbone; the latent layer and its variants (Sec. 4) are the DAE's own
-# ----------------------------------------------------------------------------------------
-
-
+# -- Model: the common backbone; the latent layer and its variants (Sec. 4) are the DAE's own ---
 def latent_layer(args: Args, in_features: int) -> nn.Sequential:
     """The code layer: a Linear to the latent units, spectrally normalised (sn) or followed
     by a batch norm (bn) or layer norm (ln), optionally frozen at its random initialisation."""
@@ -208,21 +204,13 @@ class DAE(nn.Module):
         return self.decoder(z), z  # logits [B, C, H, W], codes [B, d]
 
 
-# ----------------------------------------------------------------------------------------
-# Loss (the schedule, shared with vae.py, is common.daly_learning_rate)
-# ----------------------------------------------------------------------------------------
-
-
+# -- Loss (the schedule, shared with vae.py, is common.daly_learning_rate) ---------------
 def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy, mean over pixels and batch: the DAE's only loss term."""
     return F.binary_cross_entropy_with_logits(logits.float(), x)
 
 
-# ----------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------
-
-
+# -- Training ----------------------------------------------------------------------------
 def train(args: Args, given: set):
     args, checkpoint, device, train_images, test_images = common.start(args, given, "dae")
     data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
@@ -275,11 +263,7 @@ def train(args: Args, given: set):
     return folder
 
 
-# ----------------------------------------------------------------------------------------
-# Sampling, and the functions eval.py calls
-# ----------------------------------------------------------------------------------------
-
-
+# -- Sampling, and the functions eval.py calls -------------------------------------------
 def load_run(run_dir: str, device: str = "cpu") -> common.Run:
     """A trained run: the model in eval mode on `device` and its fitted samplers."""
     return common.load_run(run_dir, device, lambda args, shape: DAE(Args(**args), *shape))

@@ -51,31 +51,26 @@ Deviations and choices (the paper where it speaks, else the official code):
     128 px upsampled bilinearly to --lpips-size, larger ones as they are. Weight decay
     rises from 0 to 0.08 at epoch 0.4 E, then stays (the paper; the official code stops at
     0.0798); it covers every parameter (official).
-  - EMA as the official code (ema_pytorch 0.2.3): every 10 steps, a copy up to step 100
-    and once more at step 110 (its first update after the warm-up), then decay
-    min(1 - (1 + t)^(-2/3), 0.99995), t = step - 100: 0.9997 after 195k steps, the cap is
-    never reached. BN statistics averaged too (and the integer batch counter copied, which
-    ema_pytorch leaves; it does not change the outputs). Grids and eval.py use the EMA.
+  - EMA as the official code (ema_pytorch 0.2.3): every 10 steps, a copy up to step 100 and
+    at step 110, then decay min(1 - (1 + t)^(-2/3), 0.99995), t = step - 100 (0.9997 after
+    195k steps). BN statistics averaged too, the integer batch counter copied (ema_pytorch
+    leaves it; no effect on outputs). Grids and eval.py use the EMA.
   - Phase two starts from phase one's online weights (the official README does not say;
     --finetune-ema takes the EMA), its patterns, a fresh AdamW and EMA (official), and every
     other setting of phase one not typed (batch, lr, LPIPS size, seed, flips, ...), with
     2000 epochs, no shift and no weight-decay warm-up; it prints what differs. Phase one's
-    phase_two.txt names phase two once phase two has a checkpoint: until then, --resume of
-    phase one starts phase two anew.
-  - Sampling: patterns uniform over channels (official: each cluster 1/32), noise input,
-    r = 0, BN using the statistics of groups of up to 250 samples (the official sampler
-    stays in train mode, batches of 250), n split into equal groups so that none is tiny,
-    whatever eval.py's --batch-size: eval.py's "uniform". "clusters" draws stage 1's
-    cluster with its training share (the paper leaves it open); "running-bn" uses BN's
-    running statistics. Sampling is seeded (the official is not).
+    phase_two.txt names phase two once that has a checkpoint (before, --resume restarts it).
+  - Sampling ("uniform"): patterns uniform over channels (official: each cluster 1/32),
+    noise input, r = 0, BN on the statistics of groups of up to 250 samples (the official
+    sampler: train mode, batches of 250), n split into equal groups whatever eval.py's
+    --batch-size. "clusters" draws stage 1's cluster with its training share (the paper is
+    silent); "running-bn" uses BN's running statistics. Seeded (the official is not).
   - bf16 autocast and channels_last on CUDA (official: fp32); a checkpoint with the
-    optimizer every --save-every epochs (official: weights every 100 epochs).
-  - CelebA: the standard train partition (162,770 images, as the paper), crop 160 unless
-    --crop; valid is held out.
-  - Under torchrun (README, "Several GPUs") the batch statistics are part of the method:
-    the paper trains (and the official sampler normalises) over batches of 256, so with N
-    GPUs use --sync-bn to keep that meaning. k-means and the patterns are computed once for
-    the whole training set; each process keeps its images' own patterns.
+    optimizer every --save-every epochs (official: weights every 100 epochs). CelebA: the
+    standard train partition (162,770 images, as the paper), crop 160 unless --crop.
+  - Under torchrun (README, "Several GPUs") batch statistics are part of the method: the
+    paper trains (and the official sampler normalises) over batches of 256, so with N GPUs
+    use --sync-bn. k-means and the patterns are computed once for the whole training set.
 """
 from __future__ import annotations
 
@@ -98,8 +93,8 @@ from common import arg
 EMA_EVERY, EMA_AFTER, EMA_POWER = 10, 100, 2 / 3  # ema_pytorch settings of the official code
 SAMPLE_BATCH = 250  # samples sharing BN statistics (official sampler)
 # Setting names: the model and its patterns, which phase two always takes from phase one.
-FROM_PHASE_ONE = ("dataset", "image_size", "crop", "widths", "active", "latent_dim", "clusters",
-             "pattern_seed", "kmeans_seed")
+FROM_PHASE_ONE = ("dataset", "image_size", "crop", "widths", "active", "latent_dim",
+                  "clusters", "pattern_seed", "kmeans_seed")
 # Setting values: phase two's own unless typed (official: no shift, no weight-decay
 # warm-up, 2000 epochs).
 PHASE_TWO_DEFAULTS = {"epochs": 2000, "max_shift": 0, "wd_warmup": 0.0}
@@ -152,8 +147,6 @@ class Args:
 
 
 # -- Ciphering: one fixed dropout pattern per training image, stage 1 by cluster ---------
-
-
 def pattern_count(widths, active) -> int:
     """Distinct patterns: prod_s C(widths_s, active_s), 1.88e40 at the defaults."""
     return math.prod(math.comb(c, k) for c, k in zip(widths, active))
@@ -227,8 +220,6 @@ def flip_patterns(patterns: torch.Tensor, args: Args) -> torch.Tensor:
 
 
 # -- Network (official architecture): large encoder of the masked noise, small decoder ---
-
-
 def conv_bn(conv: nn.Module, act: bool = True) -> list[nn.Module]:
     return [conv, nn.BatchNorm2d(conv.out_channels)] + ([nn.LeakyReLU()] if act else [])
 
@@ -306,8 +297,6 @@ class DecipheringAE(nn.Module):
 
 
 # -- Geometric regularisation, loss, schedules, EMA --------------------------------------
-
-
 def shift_images(x: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> torch.Tensor:
     """T(x, r): each image's content moved r columns right (left for r < 0), the uncovered
     columns filled by reflection (edge not repeated); the whole batch at once."""
@@ -394,8 +383,6 @@ def update_ema(ema: nn.Module, model: nn.Module, step: int, cap: float):
 
 
 # -- Training ----------------------------------------------------------------------------
-
-
 def check(args: Args):
     """Settings argparse cannot check alone, each a one-line error."""
     for failed, message in [
@@ -437,7 +424,6 @@ def phase_two_args(args: Args, given: set) -> tuple[Args, dict]:
 @dataclass
 class Training:
     """Everything the loop needs, set up by set_up()."""
-
     args: Args
     folder: Path
     start_epoch: int
@@ -506,8 +492,7 @@ def train(args: Args, given: set) -> Path:
     patterns = common.shard(training.patterns).to(device)  # those of this process's images
     fixed = torch.Generator().manual_seed(args.seed)  # grids comparable across epochs
     grid_patterns = draw_patterns(torch.randint(args.clusters, (64,), generator=fixed), args, fixed)
-    grid_noise = torch.randn(64, images.shape[1], args.image_size, args.image_size,
-                             generator=fixed)
+    grid_noise = torch.randn(64, images.shape[1], args.image_size, args.image_size, generator=fixed)
     batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
     steps = len(images) // batch
     for epoch in range(training.start_epoch, args.epochs):
@@ -556,8 +541,6 @@ def train(args: Args, given: set) -> Path:
 
 
 # -- Sampling: new patterns decoded; the functions eval.py calls -------------------------
-
-
 @torch.no_grad()
 def generate(model, patterns, noise, args: Args, running_bn: bool = False) -> torch.Tensor:
     """Images [n, C, S, S] in [0, 1] decoded from patterns and input noise, shift 0. Unless
@@ -593,9 +576,8 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
     """A trained run: its EMA model on `device`, and the stage-1 cluster probabilities of
     each sampler: uniform, or the clusters' shares of the training set."""
     checkpoint = common.load_checkpoint(run_dir, method="deciphering")
-    args = Args(**checkpoint["args"])
-    model = DecipheringAE(checkpoint["data_shape"][0], args.image_size, args.widths,
-                          args.latent_dim)
+    args, channels = Args(**checkpoint["args"]), checkpoint["data_shape"][0]
+    model = DecipheringAE(channels, args.image_size, args.widths, args.latent_dim)
     model.load_state_dict(checkpoint["ema"])
     uniform = torch.full((args.clusters,), 1.0 / args.clusters)
     labels = checkpoint["labels"].long()  # with one cluster, "clusters" is "uniform"

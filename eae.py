@@ -121,11 +121,7 @@ class Args:
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
 
-# ----------------------------------------------------------------------------------------
-# Model: the common backbone with a batch norm without affine on the code
-# ----------------------------------------------------------------------------------------
-
-
+# -- Model: the common backbone with a batch norm without affine on the code -------------
 class EAE(nn.Module):
     def __init__(self, args: Args, channels: int, image_size: int):
         super().__init__()
@@ -146,11 +142,7 @@ class EAE(nn.Module):
         return self.decoder(z), z  # logits [B, C, H, W], codes [B, d]
 
 
-# ----------------------------------------------------------------------------------------
-# Loss: reconstruction minus lambda times the entropy estimate
-# ----------------------------------------------------------------------------------------
-
-
+# -- Loss: reconstruction minus lambda times the entropy estimate ------------------------
 def knn_entropy(z: torch.Tensor, k: int = 1) -> torch.Tensor:
     """Kozachenko-Leonenko estimate, in nats, of the entropy of the distribution of the
     rows of z [N, d] (Sec. 3.2)."""
@@ -199,11 +191,7 @@ def learning_rate(args: Args, epoch: int) -> float:
     return args.lr * args.lr_decay ** epoch
 
 
-# ----------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------
-
-
+# -- Training ----------------------------------------------------------------------------
 def paper_regulariser(args: Args) -> Args:
     """-1 / auto resolved as the paper: L2 3e-3 for CIFAR-10, spectral norm for CelebA."""
     l2 = (3e-3 if args.dataset == "cifar10" else 0.0) if args.l2_weight < 0 else args.l2_weight
@@ -276,11 +264,7 @@ def train(args: Args, given: set):
     return folder
 
 
-# ----------------------------------------------------------------------------------------
-# Sampling, and the functions eval.py calls
-# ----------------------------------------------------------------------------------------
-
-
+# -- Sampling, and the functions eval.py calls -------------------------------------------
 def load_run(run_dir: str, device: str = "cpu") -> common.Run:
     """A trained run: the model in eval mode on `device` and its fitted samplers."""
     return common.load_run(run_dir, device, lambda args, shape: EAE(Args(**args), *shape))

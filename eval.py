@@ -84,11 +84,7 @@ class Args:
     fid: list[str] = arg([], "two image folders or .npz files: print their FID and stop")
 
 
-# ----------------------------------------------------------------------------------------
-# Reference statistics: one cached .npz per (data set, split, size, n)
-# ----------------------------------------------------------------------------------------
-
-
+# -- Reference statistics: one cached .npz per (data set, split, size, n) ----------------
 def reference(net, run_args: dict, data_root: str, split: str, n: int, batch_size: int):
     """Features, mean and covariance of n reference images (a seeded random subset when
     the split holds more), cached next to the data under a name that holds a hash of the
@@ -117,11 +113,7 @@ def reference(net, run_args: dict, data_root: str, split: str, n: int, batch_siz
     return {"name": cache.name, "features": features, "mu": mu, "sigma": sigma}
 
 
-# ----------------------------------------------------------------------------------------
-# Image sources: samplers, reconstructions, interpolations (all in batches, [0, 1])
-# ----------------------------------------------------------------------------------------
-
-
+# -- Image sources: samplers, reconstructions, interpolations (all in batches, [0, 1]) ---
 def generated(method, run, sampler: str, n: int, args: Args, save_dir: Path | None):
     """The n samples of one sampler, drawn in one call (so that they do not depend on
     --batch-size: the deciphering sampler's batch norms see its own groups), then handed
@@ -149,11 +141,7 @@ def interpolated(method, run, test: torch.Tensor, n: int, args: Args):
         yield method.decode(run, (codes[0::2] + codes[1::2]) / 2)
 
 
-# ----------------------------------------------------------------------------------------
-# The table
-# ----------------------------------------------------------------------------------------
-
-
+# -- The table ---------------------------------------------------------------------------
 def score(net, batches, ref: dict, args: Args, desc: str = "", total: int = 0) -> dict:
     features, logits = common.inception_outputs(net, batches, total=total, desc=desc)
     mu, sigma = common.gaussian_stats(features)
@@ -279,11 +267,7 @@ def parzen(run_dir: str, args: Args) -> dict:
     return {"method": method.__name__, "columns": columns, "paper": paper}
 
 
-# ----------------------------------------------------------------------------------------
-# The table: a row per run and column
-# ----------------------------------------------------------------------------------------
-
-
+# -- The table: a row per run and column -------------------------------------------------
 def cell(value, fmt: str, spread=None) -> str:
     if value is None:
         return "-"
@@ -324,11 +308,7 @@ def parzen_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-# ----------------------------------------------------------------------------------------
-# --fid DIR_A DIR_B: a drop-in cross-check of pytorch-fid's command line
-# ----------------------------------------------------------------------------------------
-
-
+# -- --fid DIR_A DIR_B: a drop-in cross-check of pytorch-fid's command line --------------
 def folder_stats(net, path: str, batch_size: int):
     if path.endswith(".npz"):
         with np.load(path) as stored:

@@ -38,29 +38,24 @@ Deviations and choices (where the paper is silent we follow the official code, [
     a 4x4 map, a conv to the 1x1 code, the decoder its mirror (first ConvT without BN or
     activation); orthogonal conv init, zero biases, BN weights N(0, 0.02); tanh on [-1, 1]
     (ae00: CIFAR-10, CelebA) or sigmoid on [0, 1] (ae02: MNIST, digits), the MSE in that range.
-  - MNIST is 32x32 (zero-padded, as everywhere here): one more stride-2 layer, a 4x4 last
-    kernel (official 28 px: 7x7); Parzen cuts the border off. Its last 5,000 training images
-    choose the Parzen width (official: 55k / 5k after an unseeded shuffle); digits' last 150.
-  - Per data set [C]: d, W, beta, K, output and epochs of the official scripts (the epoch the
-    official LDE was fitted at: MNIST 390, CIFAR-10 250, CelebA 150). CIFAR-10's had no
-    perceptual loss and K = 50 (train_armdn.sh, 53753c9); the paper names beta 0.1, K 30.
-    digits takes MNIST's settings, folder and fake CIFAR-10's. CelebA: a 140 centre crop
-    resized to 64 (ours; the official align-crop-128 box is not in the repository).
+  - MNIST is 32x32 (zero-padded): one more stride-2 layer, a 4x4 last kernel (official 28 px:
+    7x7); Parzen cuts the border off. Its last 5,000 training images choose the Parzen width
+    (official: 55k / 5k after an unseeded shuffle); digits' last 150.
+  - Per data set [C]: d, W, beta, K, output and epochs of the official scripts (MNIST 390,
+    CIFAR-10 250, CelebA 150 epochs). CIFAR-10's had no perceptual loss and K = 50
+    (train_armdn.sh, 53753c9); the paper names beta 0.1, K 30. digits takes MNIST's settings,
+    folder and fake CIFAR-10's. CelebA: a 140 centre crop resized to 64 (ours).
   - Perceptual loss [C]: conv3_1 before its ReLU (the paper: relu3_1), ImageNet
     normalisation, grey repeated to RGB; torchvision's VGG19 file, first 11 layers.
   - LDE [C]: ceil(log2 d) blocks Conv1d(kernel 2, dilation 2^i) -> BatchNorm1d ->
-    LeakyReLU(0.2) of 16, 32, 64, .. channels (armdn00's list ends at 4096, d <= 512; ours
-    keeps doubling), a 1x1 conv to 3K, N(0, 0.02) init; the head read as (pi, mu, sigma),
-    the paper's order (official: (mu, sigma, pi), identically initialised). Its training-mode
-    BN pools over all positions, the zero pad included [C]; eval mode is exactly causal.
-    logsumexp, not log(density + 1e-12); codes encoded once (eval mode, no flips).
-  - The LDE kept is that of the epoch with the lowest NLL on held-out codes, a seeded random
-    --lde-holdout (10%) of the training codes (files sorted by class would make the last
-    tenth one class); the official code validates on its validation split and keeps
-    snapshots. Measured (README, "The LDE against the Gaussians"; CIFAR-10 codes, d 32):
-    the held-out NLL is lowest at epoch 36 and rises after; that LDE scores 0.08 nats per
-    test code, an earlier fit's last (200th) epoch 0.63. Sampling [C]: z_i from its mixture
-    given z_<i, i = 1 .. d, temperature 1.
+    LeakyReLU(0.2) of 16, 32, 64, .. channels (armdn00's list ends at 4096, d <= 512), a 1x1
+    conv to 3K, N(0, 0.02) init; the head read as (pi, mu, sigma), the paper's order
+    (official: (mu, sigma, pi), alike at init). Training-mode BN pools over all positions, the
+    zero pad included [C]; eval mode is exactly causal. logsumexp, not log(density + 1e-12).
+  - The LDE kept is the epoch's with the lowest NLL on a seeded random --lde-holdout (10%) of
+    the training codes (official: its validation split, snapshots). Measured (README, "The
+    LDE against the Gaussians", CIFAR-10 codes): best at epoch 36; that LDE scores 0.08 nats
+    per test code, an earlier fit's last (200th) epoch 0.63.
   - Under torchrun the active-dimension schedule is the same in every process; stage two
     runs in rank 0 alone (its codes are small); --fit-lde takes one process.
 """
@@ -135,9 +130,7 @@ class Args:
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
 
-# -- Stage one: the autoencoder with an incrementally growing code (Sec. 3.4, Eq. 5) -------
-
-
+# -- Stage one: the autoencoder with an incrementally growing code (Sec. 3.4, Eq. 5) -----
 class IAE(nn.Module):
     def __init__(self, args: Args, channels: int, image_size: int):
         super().__init__()
@@ -207,12 +200,11 @@ class Perceptual(nn.Module):
         features.load_state_dict({key[len("features."):]: value for key, value in state.items()
                                   if key.startswith("features.") and int(key.split(".")[1]) < 11})
         self.slices = nn.ModuleList([features[:2], features[2:7], features[7:]])
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.normalize = Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # ImageNet
         self.requires_grad_(False).eval()
 
     def features(self, x):  # x [B, C, H, W] in [0, 1] -> the three layers' features
-        h, outputs = (x.expand(-1, 3, -1, -1) - self.mean) / self.std, []
+        h, outputs = self.normalize(x.expand(-1, 3, -1, -1)), []
         for layers in self.slices:
             outputs.append(h := layers(h))
         return outputs
@@ -281,9 +273,7 @@ def train(args: Args, given: set):
     return folder, args
 
 
-# -- Stage two: the latent density estimator (Sec. 3.3, Fig. 4, Eq. 2-4) -------------------
-
-
+# -- Stage two: the latent density estimator (Sec. 3.3, Fig. 4, Eq. 2-4) -----------------
 class LDE(nn.Module):
     def __init__(self, latent_dim: int, components: int):
         super().__init__()
@@ -318,8 +308,7 @@ def mixture_nll(log_pi, mu, log_sigma, z) -> torch.Tensor:
 
 
 class LDESampler:
-    """The LDE as a latent sampler, like common.LatentSampler: sample, log_prob, state;
-    `settings` says how it was fitted."""
+    """The LDE as a latent sampler like common.LatentSampler; `settings`: how it was fitted."""
 
     def __init__(self, lde: LDE, settings: dict):
         self.lde, self.settings = lde.eval(), settings
@@ -441,9 +430,7 @@ def fit_lde(run_dir: str, args: Args, given: set) -> dict:
     print(f"stage two: the LDE on {len(codes['train'])} codes of dimension "
           f"{codes['train'].shape[1]}")
     if "lde" in run.samplers:
-        old = run.samplers["lde"].settings
-        print("replacing the run's LDE (" + (", ".join(f"{k} {old[k]}" for k in LDE_SETTINGS
-                                                      if k in old) or "settings unknown") + ")")
+        print(f"replacing the run's LDE, fitted with {run.samplers['lde'].settings}")
     state, folder = common.load_checkpoint(run_dir), Path(run_dir)
     run.samplers["lde"] = train_lde(codes["train"], args, folder,
                                     next(run.model.parameters()).device, state["epoch"])
@@ -457,9 +444,7 @@ def fit_lde(run_dir: str, args: Args, given: set) -> dict:
     return nll
 
 
-# -- Sampling (the shared one: codes from a sampler, decoded) and the paper's figure -------
-
-
+# -- Sampling (the shared one: codes from a sampler, decoded) and the paper's figure -----
 def load_run(run_dir: str, device: str = "cpu") -> common.Run:
     """A trained run: the model in eval mode on `device` and its fitted samplers (lde too)."""
     return common.load_run(run_dir, device, lambda args, shape: IAE(Args(**args), *shape))

@@ -20,12 +20,10 @@ density is fitted to the training codes after training (ex-post density estimati
     RAE-L2: L_REG = ||theta_D||_2^2                                 Eq. (13)
     RAE-SN: D spectrally normalised (lambda = 0); RAE: L_z only; AE: neither.
 
-Reproduce (FID with `python eval.py RUN_DIR`, whose N(0,I) | MVG | GMM columns are Table 1's
-samples; the paper's N column for RAEs is the fitted Gaussian, our MVG. Table 1's REC and
-Interp are of the official validation images, x_train[10000:], mostly training images; ours
-are of test images, so eval.py prints the paper's REC and Interp beside none of ours). V is
-any of rae-l2, rae-gp, rae-sn, rae, ae; each gets the official beta and lambda of its data
-set:
+Reproduce (FID with `python eval.py RUN_DIR`; Table 1's N column for RAEs is a fitted
+Gaussian, our MVG. Its REC and Interp are of the official validation images, x_train[10000:],
+mostly training images, so eval.py prints them beside none of ours, which are of test
+images). V: rae-l2, rae-gp, rae-sn, rae or ae, each with its data set's official beta, lambda:
     CIFAR-10 (Table 1 GMM: RAE-L2 74.16, RAE-GP 76.33, RAE-SN 75.30, RAE 76.28, AE 76.47;
     the official RAE-GP ran 70 epochs, add --epochs 70; the official RAE-SN normalised
     every layer, add --sn-layers all, as for every data set):
@@ -63,16 +61,14 @@ Deviations and choices:
     0.5, patience 5, min_delta 1e-4 on the mean-scale loss, so 1e-4 P on ours; halve when
     5 epochs in a row were not better, then count again); PyTorch's own scheduler would
     use a relative threshold and halve one epoch later (KerasPlateau).
-  - Validation, as the official data loader: MNIST and CIFAR-10 train on their first
-    50,000 / 40,000 training images and validate on the last 10,000; CelebA trains on its
-    train partition and validates on its valid partition; other data sets hold out their
-    last tenth. The validation loss drives the learning-rate halving. The official
-    validation set, x_train[10000:], also holds 40,000 (MNIST) / 30,000 (CIFAR-10) of the
-    training images; ours only the 10,000 never trained on. The ex-post densities are
-    fitted on the training codes, as the official code. We keep the last epoch; the
-    official code evaluates the one of lowest validation loss (not measured). The
-    official batches come in file order, never shuffled (its iterator ignores `shuffle`);
-    ours are shuffled every epoch (not measured).
+  - Validation (its loss drives the lr halving), as the official data loader: MNIST and
+    CIFAR-10 train on their first 50,000 / 40,000 training images and validate on the last
+    10,000; CelebA on its train and valid partitions; other data sets hold out their last
+    tenth. The official validation set, x_train[10000:], also holds 40,000 (MNIST) / 30,000
+    (CIFAR-10) training images; ours only the 10,000 never trained on. Ex-post densities
+    on the training codes (official). We keep the last epoch; the official code evaluates
+    the lowest validation loss's (not measured). The official batches come in file order
+    (its iterator ignores `shuffle`); ours are shuffled every epoch (not measured).
   - GMM: scikit-learn, 10 components, full covariance, max_iter 2000, tol 1e-3 (official).
   - Under torchrun the validation loss is averaged over the processes, so all halve the
     learning rate at once; L_z, the L2, GP and SN terms are per image or per weight and do
@@ -155,11 +151,7 @@ def weights(args: Args, pixels: int) -> tuple[float, float]:
     return beta, args.reg_weight if args.reg_weight >= 0 else per_unit * reg_code
 
 
-# ----------------------------------------------------------------------------------------
-# Model: the common backbone; spectral norm for RAE-SN
-# ----------------------------------------------------------------------------------------
-
-
+# -- Model: the common backbone; spectral norm for RAE-SN --------------------------------
 class RAE(nn.Module):
     def __init__(self, args: Args, channels: int, image_size: int):
         super().__init__()
@@ -177,11 +169,7 @@ class RAE(nn.Module):
         return self.decoder(z), z  # logits [B, C, H, W], codes [B, d]
 
 
-# ----------------------------------------------------------------------------------------
-# Losses: Eqs. (9)-(13)
-# ----------------------------------------------------------------------------------------
-
-
+# -- Losses: Eqs. (9)-(13) ---------------------------------------------------------------
 def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Eq. (9): squared error summed over pixels, mean over the batch."""
     return (torch.sigmoid(logits.float()) - x).square().flatten(1).sum(1).mean()
@@ -260,11 +248,7 @@ class KerasPlateau:
         self.best, self.wait = state["best"], state["wait"]
 
 
-# ----------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------
-
-
+# -- Training ----------------------------------------------------------------------------
 def validation_split(args: Args, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(training, validation) images of this process, from its shard of the training
     split: CelebA's valid partition, else the last images of the split (VALIDATION)."""
@@ -283,15 +267,15 @@ def train(args: Args, given: set):
         raise common.UserError(f"--batch-size {args.batch_size} is larger than the "
                                f"{len(train_images)} training images left after validation")
     data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
-    beta, reg_weight = weights(args, data_shape[0] * data_shape[1] ** 2)
+    pixels = data_shape[0] * data_shape[1] ** 2  # P
+    beta, reg_weight = weights(args, pixels)
     print(f"{args.variant}: beta {beta:.4g}, lambda {reg_weight:.4g} (summed losses)")
     model = RAE(args, *data_shape).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     # Keras' min_delta 1e-4 on the official mean-scale loss is 1e-4 P on our summed loss.
-    plateau = KerasPlateau(optimizer, args.patience, min_delta=1e-4 * data_shape[0] *
-                           data_shape[1] ** 2)
+    plateau = KerasPlateau(optimizer, args.patience, min_delta=1e-4 * pixels)
     folder, start_epoch = common.open_run("rae", args, checkpoint, model, optimizer)
     if checkpoint is not None:
         plateau.load_state_dict(checkpoint["plateau"])
@@ -335,7 +319,6 @@ def train(args: Args, given: set):
         common.save_test_reconstructions(model, test_images, folder)
         state = common.save_epoch(folder, "rae", args, epoch, model, optimizer, data_shape,
                                   plateau=plateau.state_dict())
-
     # Ex-post density estimation on the codes of the training split.
     common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
                        args.gmm_components)
@@ -343,11 +326,7 @@ def train(args: Args, given: set):
     return folder
 
 
-# ----------------------------------------------------------------------------------------
-# Sampling, and the functions eval.py calls
-# ----------------------------------------------------------------------------------------
-
-
+# -- Sampling, and the functions eval.py calls -------------------------------------------
 def load_run(run_dir: str, device: str = "cpu") -> common.Run:
     """A trained run: the model in eval mode on `device` and its fitted samplers."""
     return common.load_run(run_dir, device, lambda args, shape: RAE(Args(**args), *shape))

@@ -139,11 +139,7 @@ def kl_weight(args: Args) -> float:
     return GAUSSIAN_KL_WEIGHT.get(args.dataset, GAUSSIAN_KL_WEIGHT["cifar10"])[args.fixed_std > 0]
 
 
-# ----------------------------------------------------------------------------------------
-# Model: Gaussian encoder on the common backbone, decoder as dae.py
-# ----------------------------------------------------------------------------------------
-
-
+# -- Model: Gaussian encoder on the common backbone, decoder as dae.py -------------------
 class GaussianEncoder(nn.Module):
     """x -> mu (forward: what eval.py and the ex-post samplers use) or (mu, log sigma)."""
 
@@ -179,11 +175,7 @@ class VAE(nn.Module):
         return self.decoder(z), mu, log_sigma  # logits [B, C, H, W]
 
 
-# ----------------------------------------------------------------------------------------
-# Loss (the schedule is dae.py's: common.daly_learning_rate)
-# ----------------------------------------------------------------------------------------
-
-
+# -- Loss (the schedule is dae.py's: common.daly_learning_rate) --------------------------
 def kl_divergence(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, I)) per sample [B], summed over the latent units."""
     mu, log_sigma = mu.float(), log_sigma.float()
@@ -208,11 +200,7 @@ def vae_loss(logits, x, mu, log_sigma, loss: str, beta: float) -> dict:
     return terms
 
 
-# ----------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------
-
-
+# -- Training ----------------------------------------------------------------------------
 def train(args: Args, given: set):
     args, checkpoint, device, train_images, test_images = common.start(args, given, "vae")
     data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
@@ -264,11 +252,7 @@ def train(args: Args, given: set):
     return folder
 
 
-# ----------------------------------------------------------------------------------------
-# Sampling, and the functions eval.py calls
-# ----------------------------------------------------------------------------------------
-
-
+# -- Sampling, and the functions eval.py calls -------------------------------------------
 def load_run(run_dir: str, device: str = "cpu") -> common.Run:
     """A trained run: the model in eval mode on `device` and its samplers."""
     return common.load_run(run_dir, device, lambda args, shape: VAE(Args(**args), *shape))

@@ -261,6 +261,21 @@ def test_batches_cover_the_epoch_once_and_repeat_by_seed():
         assert sizes == [batch_size] * full, batch_size
 
 
+def test_each_torchrun_process_draws_its_own_batch_order(monkeypatch):
+    """Under torchrun every process slices its own shard with its own permutation: rank 1's
+    order differs from rank 0's, and rank 0's is a one-process run's; the seed matters too."""
+    images = torch.arange(200, dtype=torch.uint8).view(200, 1, 1, 1)
+
+    def order(rank, size, seed=0):
+        monkeypatch.setattr(common, "world", lambda: (rank, size))
+        return torch.cat(list(common.batches(images, 10, seed=seed, epoch=2))).flatten()
+
+    alone, first, second = order(0, 1), order(0, 2), order(1, 2)
+    assert torch.equal(alone, first) and not torch.equal(first, second)
+    assert torch.equal(second.sort().values, first.sort().values)  # both a whole shard
+    assert not torch.equal(order(0, 2, seed=1), first)
+
+
 def test_batch_flip_mirrors_half_the_images():
     images = torch.randint(0, 256, (4000, 3, 4, 4), dtype=torch.uint8)
     plain = torch.cat(list(common.batches(images, 500, seed=1, epoch=0)))

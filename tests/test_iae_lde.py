@@ -567,7 +567,8 @@ def test_fit_lde_takes_the_runs_own_settings_and_says_what_it_replaces(digits_ru
     capsys.readouterr()
     I.main(I.Args(fit_lde=str(digits_run), device="cpu"), {"fit_lde", "device"})
     out = capsys.readouterr().out
-    assert "replacing the run's LDE (lde_components 3, lde_epochs 2" in out
+    assert "replacing the run's LDE, fitted with {" in out
+    assert "'lde_components': 3" in out and "'lde_epochs': 2" in out
     assert "continuing the LDE after its epoch 2" in out
     I.main(I.Args(fit_lde=str(digits_run), lde_epochs=1, device="cpu"),
            {"fit_lde", "lde_epochs", "device"})
