@@ -44,6 +44,11 @@ MUTATIONS = [
      "if world()[1] > 2:  # each process's own random stream",
      ["test_distributed.py::test_killed_two_process_run_resumes_as_if_never_interrupted"],
      "two processes' random streams not kept in the checkpoint"),
+    ("common.py",
+     'torch.distributed.all_gather_object(state["rng_per_process"], rng_state())',
+     'state["rng_per_process"] = [rng_state()] * world()[1]',
+     ["test_distributed.py::test_each_method_runs_as_two_processes[dae.py-flags0]"],
+     "the checkpoint keeps one process's random stream for every process"),
     # dae.py
     ("dae.py", "loss = reconstruction_loss(logits, x)", "loss = -reconstruction_loss(logits, x)",
      ["test_dae.py"], "the training loop ascends the BCE"),

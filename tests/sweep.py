@@ -34,14 +34,14 @@ mutant, tests chosen by the functions they call) is the one used here.
 
 Not mutated, because it cannot change a result: f-strings and the messages of print,
 warnings and errors; progress-bar arguments (desc, total), cadence (`step % 50 == 0`) and
-JSON indentation; the CUDA-only memory-layout branches (test_cuda.py's domain);
-timing figures (time.time(), seconds, images_per_sec); the conditions true only under
-torchrun (size > 1: test_distributed.py and tests/mutate.py); arguments of the grid writers
-(save_grid and the like); `.detach()` of what is added to an epoch's running sum (it only
-frees the step's graph); `set_to_none` of zero_grad (every trained parameter gets a
-gradient every step). Not run per mutant: tests that start subprocesses (test_cli.py,
-test_distributed.py, the slow ones), test_benchmark.py and test_cuda.py; torchrun-only
-helpers are out of SCOPE. tests/mutate.py covers what only those tests guard.
+JSON indentation; the CUDA-only memory-layout branches (test_cuda.py's domain); timing
+figures (time.time(), seconds, images_per_sec); the conditions true only under torchrun and
+the blocks they guard (size > 1: test_distributed.py and tests/mutate.py); arguments of the
+grid writers (save_grid and the like); `.detach()` of what is added to an epoch's running
+sum (it only frees the step's graph); `set_to_none` of zero_grad (every trained parameter
+gets a gradient every step). Not run per mutant: tests that start subprocesses
+(test_cli.py, test_distributed.py, the slow ones), test_benchmark.py and test_cuda.py;
+torchrun-only helpers are out of SCOPE. tests/mutate.py covers what only those tests guard.
 """
 from __future__ import annotations
 
@@ -352,10 +352,11 @@ class Generator(ast.NodeVisitor):
             self.visit(value)
 
     def visit_If(self, node: ast.If):
-        if ast.unparse(node.test) not in UNTESTED_BRANCHES:
+        test = ast.unparse(node.test)
+        if test not in UNTESTED_BRANCHES:
             self.visit(node.test)
-        for statement in node.body + node.orelse:
-            self.visit(statement)
+        for statement in ([] if test in TORCHRUN_ONLY else node.body) + node.orelse:
+            self.visit(statement)  # (a torchrun-only body: test_distributed.py's domain)
 
     def visit_BinOp(self, node: ast.BinOp):
         if any(isinstance(n, ast.Call) and call_name(n) == "time" for n in ast.walk(node)):

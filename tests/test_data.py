@@ -63,6 +63,19 @@ def test_flat_folder_holds_out_every_tenth(tmp_path):
     assert sorted(test[:, 0, 0, 0].tolist()) == [9, 19]
 
 
+def test_folder_images_are_not_cropped_unless_asked(tmp_path):
+    """A folder data set has no default crop: an image already of --image-size is read
+    pixel for pixel (PNG, no resampling); --crop 16 at --image-size 16, its central 16 x 16."""
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for split in ("train", "test"):
+        (tmp_path / split / "cls").mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / split / "cls" / "0.png")
+    loaded = common.load_images("folder", tmp_path, "train", image_size=32)
+    assert np.array_equal(loaded[0].permute(1, 2, 0).numpy(), pixels)
+    cropped = common.load_images("folder", tmp_path, "test", image_size=16, crop=16)
+    assert np.array_equal(cropped[0].permute(1, 2, 0).numpy(), pixels[8:24, 8:24])
+
+
 def test_celeba_as_folder_split_and_crop(tmp_path):
     """The standard partition by file number: 1-162770 train, 162771-182637 valid (held
     out), 182638 on test; a file whose name is not a number counts as train. Each image is
@@ -83,6 +96,19 @@ def test_celeba_as_folder_split_and_crop(tmp_path):
     small = common.load_images("celeba", tmp_path, "test", image_size=32, crop=160)
     assert small.shape == (2, 3, 32, 32)
     assert small[:, 2].float().mean() > 20  # the 160 crop keeps some of the blue border
+
+
+def test_celeba_default_crop_is_the_central_140_pixels(tmp_path):
+    """Crop 0 means CelebA's central 140 x 140 pixels (the RAE setting, which dae, vae, eae
+    and iae_lde share): at --image-size 140 the images are those pixels, not resampled."""
+    pixels = np.random.default_rng(0).integers(0, 256, (218, 178, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "182638.jpg", quality=95)
+    with Image.open(tmp_path / "182638.jpg") as image:
+        decoded = np.asarray(image.convert("RGB"))
+    centre = decoded[(218 - 140) // 2:(218 + 140) // 2, (178 - 140) // 2:(178 + 140) // 2]
+    loaded = common.load_images("celeba", tmp_path, "test", image_size=140)
+    assert loaded.shape == (1, 3, 140, 140)
+    assert np.array_equal(loaded[0].permute(1, 2, 0).numpy(), centre)
 
 
 def test_celeba_download_is_asked_for_and_read(tmp_path, monkeypatch):

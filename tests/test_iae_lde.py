@@ -524,6 +524,19 @@ def test_untyped_settings_are_the_official_scripts(dataset):
     assert typed.epochs == OFFICIAL[dataset][6]
 
 
+def test_table_2s_figure_is_printed_only_for_the_official_mnist_run():
+    """eval.py --parzen prints 326 +- 2 nats (Table 2) beside the official MNIST run with
+    10,000 samples (the paper's Parzen protocol), and beside nothing else."""
+    official = dataclasses.asdict(I.Args(dataset="mnist", **dict(zip(FIELDS, OFFICIAL["mnist"]))))
+    assert "326 +- 2" in I.paper_parzen(official, 10000)
+    assert I.paper_parzen({**official, "seed": 3, "device": "cpu"}, 10000)  # not settings
+    for samples in (9999, 10001):
+        assert I.paper_parzen(official, samples) == ""
+    for changed in ({"latent_dim": 16}, {"output": "tanh"}, {"dataset": "digits"},
+                    {"lde_components": 50}):
+        assert I.paper_parzen({**official, **changed}, 10000) == ""
+
+
 def test_held_out_images_never_reach_training(tmp_path):
     """--holdout N (MNIST 5,000 of 60,000; digits 150 of 1,500): the first images train, the
     last N are only for choosing the Parzen width."""
@@ -597,6 +610,7 @@ def test_without_held_out_codes_the_last_epoch_is_kept(tmp_path):
     args = I.Args(lde_components=2, lde_epochs=2, lde_batch_size=100, lde_holdout=0.0, seed=0)
     sampler = I.train_lde(codes, args, tmp_path, torch.device("cpu"))
     assert sampler.settings["kept_epoch"] == 2
+    assert sampler.settings["latent_dim"] == codes.shape[1] == 3 != len(codes)  # d, not N
     records = [r for r in log_records(tmp_path) if r.get("stage") == "lde"]
     assert [r["epoch"] for r in records] == [1, 2] and "validation_loss" not in records[0]
     too_big = dataclasses.replace(args, lde_batch_size=101)
