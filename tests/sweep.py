@@ -20,7 +20,8 @@ How:
      mutated ones; a table or an Args class rebuilt from the mutated source) and runs the
      tests that run the mutated statement (for a default: call its function), those that
      killed mutants of the same function first, then the fastest, stopping at the first failure
-     (pytest -x). The checkout is never written; tests run in their own temporary folders.
+     (pytest -x). A mutant still running after twice its tests' mapped time plus 20 s hangs
+     and counts as killed. The checkout is never written; tests run in temporary folders.
   4. A mutant no test fails survives, unless tests/equivalent.txt lists it with the reason
      it cannot change a result. The sweep exits 1 on any unlisted survivor, and names the
      entries of equivalent.txt that no longer match a mutant.
@@ -688,16 +689,19 @@ def sweep(mutants: list[Mutant], tests: dict, jobs: int, equivalent: dict, logs:
             chosen |= {t for t in tests if set(m.where.split(", ")) & named[t]}
         chosen = sorted(chosen, key=lambda t: tests[t]["seconds"])
         plans.append((m, chosen, sum(tests[t]["seconds"] for t in chosen)))
-    outcomes, running, kills = {}, {}, {}  # kills: {(file, where): {test: mutants killed}}
+    # record: {(file, where): {test: [mutants it killed, mutants it ran and passed]}}
+    outcomes, running, record = {}, {}, {}
     queue = sorted(plans, key=lambda p: p[2])
     done, total, started, numbers = 0, len(queue), time.time(), iter(range(len(queue)))
     with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
         while queue or running:
             while queue and len(running) < jobs:
                 m, chosen, seconds = queue.pop(0)
-                # Tests that killed mutants of the same code first, then the fastest.
-                killers = kills.get((m.file, m.where), {})
-                chosen = sorted(chosen, key=lambda t: (-killers.get(t, 0), tests[t]["seconds"]))
+                # Least expected time to the first failure: a test's seconds over its rate of
+                # killing mutants of the same code so far, (kills + 1) / (runs + 2).
+                seen = record.get((m.file, m.where), {})
+                chosen = sorted(chosen, key=lambda t: tests[t]["seconds"] * (
+                    sum(seen.get(t, [0, 0])) + 2) / (seen.get(t, [0, 0])[0] + 1))
                 if not chosen:
                     outcomes[m.key] = {"status": "no tests", "detail": ""}
                     continue
@@ -709,10 +713,11 @@ def sweep(mutants: list[Mutant], tests: dict, jobs: int, equivalent: dict, logs:
                 pid = os.fork()
                 if pid == 0:
                     run_mutant(m, chosen, result, basetemp)
-                running[pid] = (m, result, basetemp, time.time() + 3 * seconds + 60, time.time())
+                running[pid] = (m, result, basetemp, time.time() + 2 * seconds + 20, time.time(),
+                                chosen)
             pid, _ = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
-                for pid, (m, result, basetemp, deadline, _) in list(running.items()):
+                for pid, (m, result, basetemp, deadline, *_) in list(running.items()):
                     if time.time() > deadline:
                         os.kill(pid, signal.SIGKILL)
                         os.waitpid(pid, 0)
@@ -721,7 +726,7 @@ def sweep(mutants: list[Mutant], tests: dict, jobs: int, equivalent: dict, logs:
                         done += 1
                 time.sleep(0.05)
                 continue
-            m, result, basetemp, _, began = running.pop(pid)
+            m, result, basetemp, _, began, chosen = running.pop(pid)
             outcomes[m.key] = (json.loads(result.read_text()) if result.exists() else
                                {"status": "error", "detail": "the child died"})
             outcomes[m.key]["seconds"] = time.time() - began
@@ -734,8 +739,10 @@ def sweep(mutants: list[Mutant], tests: dict, jobs: int, equivalent: dict, logs:
             done += 1
             o = outcomes[m.key]
             if o["status"] == "killed" and "::" in o["detail"]:
-                killers = kills.setdefault((m.file, m.where), {})
-                killers[o["detail"]] = killers.get(o["detail"], 0) + 1
+                seen = record.setdefault((m.file, m.where), {})
+                for t in chosen[:chosen.index(o["detail"])] if o["detail"] in chosen else []:
+                    seen.setdefault(t, [0, 0])[1] += 1
+                seen.setdefault(o["detail"], [0, 0])[0] += 1
             if o["status"] != "killed" and not (o["status"] == "survived" and m.key in equivalent):
                 print(f"  {o['status'].upper()}: {m.key}  {o['detail']}", flush=True)
             if done % 50 == 0:
