@@ -44,20 +44,20 @@ Deviations and choices (where the paper is silent we follow the official code, [
   - Per data set [C]: d, W, beta, K, output and epochs of the official scripts (MNIST 390,
     CIFAR-10 250, CelebA 150 epochs). CIFAR-10's had no perceptual loss and K = 50
     (train_armdn.sh, 53753c9); the paper names beta 0.1, K 30. digits takes MNIST's settings,
-    folder and fake CIFAR-10's. CelebA: a 140 centre crop resized to 64 (ours).
+    folder and fake CIFAR-10's. CelebA: 140 centre crop to 64 (official box not published).
   - Perceptual loss [C]: conv3_1 before its ReLU (the paper: relu3_1), ImageNet
     normalisation, grey repeated to RGB; torchvision's VGG19 file, first 11 layers.
   - LDE [C]: ceil(log2 d) blocks Conv1d(kernel 2, dilation 2^i) -> BatchNorm1d ->
-    LeakyReLU(0.2) of 16, 32, 64, .. channels (armdn00's list ends at 4096, d <= 512), a 1x1
-    conv to 3K, N(0, 0.02) init; the head read as (pi, mu, sigma), the paper's order
-    (official: (mu, sigma, pi), alike at init). Training-mode BN pools over all positions, the
-    zero pad included [C]; eval mode is exactly causal. logsumexp, not log(density + 1e-12).
+    LeakyReLU(0.2) of 16, 32, 64, .. channels (armdn00's list ends at 4096, d <= 512; ours
+    goes on doubling), a 1x1 conv to 3K, N(0, 0.02) init; the head read as (pi, mu, sigma),
+    the paper's order (official: (mu, sigma, pi), alike at init). Training-mode BN pools over
+    all positions, the zero pad included [C]; eval mode is exactly causal. logsumexp, not
+    log(density + 1e-12); codes encoded once (eval mode, no flips); sampling at temperature 1.
   - The LDE kept is the epoch's with the lowest NLL on a seeded random --lde-holdout (10%) of
     the training codes (official: its validation split, snapshots). Measured (README, "The
     LDE against the Gaussians", CIFAR-10 codes): best at epoch 36; that LDE scores 0.08 nats
     per test code, an earlier fit's last (200th) epoch 0.63.
-  - Under torchrun the active-dimension schedule is the same in every process; stage two
-    runs in rank 0 alone (its codes are small); --fit-lde takes one process.
+  - torchrun: every process has the same a_t; stage two (also --fit-lde) is one process.
 """
 from __future__ import annotations
 
