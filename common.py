@@ -557,12 +557,15 @@ def init_processes(device_name: str) -> torch.device:
     return device
 
 
-def end_processes():
+def end_processes() -> int:
     """Under torchrun, leave the process group together: each process waits for the last
-    (rank 0 fits the samplers alone), since one that exits first can abort the others."""
+    (rank 0 fits the samplers alone), since one that exits first can abort the others.
+    Returns this process's rank (0 in a plain run)."""
+    rank = world()[0]
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    return rank
 
 
 def local_batch(batch_size: int) -> int:
@@ -905,6 +908,13 @@ def save_test_reconstructions(model: nn.Module, test_images: torch.Tensor, folde
     x = test_images.float() / 255
     reconstructions = images_of(model, model.encoder(x))
     save_reconstructions(x, reconstructions, folder / "reconstructions.png")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Every parameter group's learning rate set to lr, which is returned (for the log)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def daly_learning_rate(epoch: int, epochs: int, lr: float, warmup_lr: float) -> float:

@@ -155,8 +155,7 @@ class Args:
     seed: int = arg(0, "seed of initialisation, batch order and samplers")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
-    sync_bn: bool = arg(False, "under torchrun: batch-norm statistics over every process's "
-                        "batch (SyncBatchNorm, CUDA)")
+    sync_bn: bool = arg(False, "torchrun: batch-norm statistics over all processes (SyncBatchNorm)")
     out_dir: str = arg("runs", "parent folder of the run folders")
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
@@ -225,10 +224,8 @@ def train(args: Args, given: set):
     steps = len(train_images) // batch
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
-        lr = common.daly_learning_rate(epoch, args.schedule_epochs or args.epochs, args.lr,
-                                       args.warmup_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = common.set_lr(optimizer, common.daly_learning_rate(
+            epoch, args.schedule_epochs or args.epochs, args.lr, args.warmup_lr))
         model.train()
         started, loss_sum = time.time(), torch.zeros((), device=device)
         bar = common.progress(common.batches(train_images, batch, args.seed, epoch, args.flip),

@@ -140,8 +140,7 @@ class Args:
     seed: int = arg(0, "seed of initialisation, batch order, shifts and noise")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
-    sync_bn: bool = arg(False, "under torchrun: batch-norm statistics over every process's "
-                        "batch (SyncBatchNorm, CUDA)")
+    sync_bn: bool = arg(False, "torchrun: batch-norm statistics over all processes (SyncBatchNorm)")
     out_dir: str = arg("runs", "parent folder of the run folders")
     resume: str = arg("", "run folder to continue from its last checkpoint")
 

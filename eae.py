@@ -115,8 +115,7 @@ class Args:
     seed: int = arg(0, "seed of initialisation, batch order and samplers")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     compile: bool = arg(False, "torch.compile the model (worth it on CUDA only)")
-    sync_bn: bool = arg(False, "under torchrun: batch-norm statistics over every process's "
-                        "batch (SyncBatchNorm, CUDA)")
+    sync_bn: bool = arg(False, "torchrun: batch-norm statistics over all processes (SyncBatchNorm)")
     out_dir: str = arg("runs", "parent folder of the run folders")
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
@@ -221,9 +220,7 @@ def train(args: Args, given: set):
     steps = len(train_images) // batch
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
-        lr = learning_rate(args, epoch)  # exponential decay (Appendix)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = common.set_lr(optimizer, learning_rate(args, epoch))  # exponential decay (Appendix)
         model.train()
         started = time.time()
         names = ("reconstruction", "entropy", "decoder_penalty", "loss")  # logged as means

@@ -4,6 +4,7 @@
     python eval.py runs/dae-* runs/rae-* --json table.json     # one table for many runs
     python eval.py RUN_DIR --ref train --num-samples 50000 --save-samples samples/
     python eval.py RUN_DIR --parzen              # Parzen log-likelihood (Yoo et al., Table 2)
+                                                 #   and every sampler's NLL of the test codes
     python eval.py --fid DIR_A DIR_B             # FID of two image folders (or .npz stats)
 
 One protocol for every method, so that the columns of the papers' tables can be compared:
@@ -38,7 +39,8 @@ One protocol for every method, so that the columns of the papers' tables can be 
     official MNIST grid) on held-out training images (the run's --holdout; where it has none,
     the last tenth of training, at most 10,000, which the model has seen), mean
     log-likelihood of the test images (at most 10,000) +- standard error; MNIST's border
-    padding is cut off first, as the paper's images are 28x28.
+    padding is cut off first, as the paper's images are 28x28. For runs with an encoder also
+    each sampler's mean negative log-likelihood of those test images' codes, nats per code.
 Figures from fewer than 2048 samples (the feature dimension) are biased and the table marks
 them as smoke tests. None of the papers ships its evaluation code; the reference
 implementations used TensorFlow's Inception, whose resize differs slightly from this one.
@@ -247,14 +249,18 @@ def parzen_points(images: torch.Tensor, dataset: str) -> torch.Tensor:
 
 
 def parzen(run_dir: str, args: Args) -> dict:
-    """The Parzen protocol for every sampler of a run: width by validation, test mean +- s.e."""
-    method = common.method_of(run_dir)
-    run = method.load_run(run_dir, common.pick_device(args.device))
+    """The Parzen protocol for every sampler of a run: width by validation, test mean +- s.e.;
+    with an encoder also each sampler's own NLL of the test images' codes."""
+    method, device = common.method_of(run_dir), common.pick_device(args.device)
+    run = method.load_run(run_dir, device)
     a, root = run.args, args.data_root or run.args["data_root"]
     load = lambda split: common.load_images(a["dataset"], root, split, a["image_size"],  # noqa
-                                            a["crop"]).float() / 255
-    valid = parzen_points(parzen_validation(load("train"), a.get("holdout", 0)), a["dataset"])
-    test = parzen_points(load("test")[:10000], a["dataset"])
+                                            a["crop"])  # uint8
+    train, test = load("train"), load("test")[:10000]
+    valid = parzen_points(parzen_validation(train, a.get("holdout", 0)) / 255, a["dataset"])
+    codes = (common.encode_all(lambda x: method.encode(run, x), test.to(device))  # [N, d]
+             if hasattr(method, "encode") else None)
+    test = parzen_points(test / 255, a["dataset"])
     columns, n = {}, args.parzen_samples
     for name in args.samplers or run.samplers:
         samples = parzen_points(method.sample(run, n, name, args.seed), a["dataset"])  # [n, D]
@@ -262,6 +268,8 @@ def parzen(run_dir: str, args: Args) -> dict:
         (ll,) = parzen_log_likelihood(samples, test, PARZEN_SIGMAS[best, None])  # [N]
         columns[name] = {"log_likelihood": ll.mean().item(), "sigma": PARZEN_SIGMAS[best].item(),
                          "standard_error": (ll.std() / math.sqrt(len(ll))).item()}
+        if codes is not None:  # nats per code, the density this sampler draws codes from
+            columns[name]["code_nll"] = -run.samplers[name].log_prob(codes).mean().item()
     paper = method.paper_parzen(a, n) if hasattr(method, "paper_parzen") else ""
     common.log_epoch(Path(run_dir), {"parzen": columns, "samples": n})
     return {"method": method.__name__, "columns": columns, "paper": paper}
@@ -298,13 +306,14 @@ def table(results: dict) -> str:
 
 
 def parzen_table(results: dict) -> str:
-    rows = ["| run | method | sampler | log-likelihood (nats) | sigma | paper |", "|---" * 6 + "|"]
+    rows = ["| run | method | sampler | log-likelihood (nats) | sigma | paper | test-code NLL |",
+            "|---" * 7 + "|"]
     for run_dir, m in results.items():
         for name, c in m["columns"].items():
             paper = m["paper"] if name == "lde" else ""
             rows.append(f"| {Path(run_dir).name} | {m['method']} | {label(name)} | "
                         f"{c['log_likelihood']:.1f} ± {c['standard_error']:.1f} | "
-                        f"{c['sigma']:.2f} | {paper or '-'} |")
+                        f"{c['sigma']:.2f} | {paper or '-'} | {cell(c.get('code_nll'), '.2f')} |")
     return "\n".join(rows)
 
 

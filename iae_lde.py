@@ -3,18 +3,16 @@
 Needs common.py beside it: data, run folder and checkpoints, torchrun, the ex-post samplers.
 Paper: "Unprioritized autoencoder" (ICIP 2020; arXiv 1902.04294, "Density Estimation and
 Incremental Learning of Latent Vector for Generative Autoencoders"), J. Yoo, H. Lee and
-N. Kwak, https://arxiv.org/abs/1902.04294
-Official code: https://github.com/yoojy31/unpriortized-autoencoder (HEAD and 53753c9)
+N. Kwak, https://arxiv.org/abs/1902.04294; code https://github.com/yoojy31/unpriortized-autoencoder
 
 Stage one trains a deterministic, fully convolutional autoencoder whose code grows: the
 decoder sees only the first a_t code dimensions, the rest multiplied by zero, and a_t rises
 linearly to all d over W epochs (Sec. 3.4), so that the first dimensions learn the most
 salient factors; the loss is pixel MSE plus a small perceptual loss (Eq. 5). Stage two
-freezes the encoder and fits an autoregressive density to its codes (Sec. 3.3), each
-factor a mixture of K Gaussians computed by dilated causal 1-D convolutions over the code
-(Fig. 4); new images are decoded samples of it, drawn one dimension at a time. The LDE is
-the sampler `lde` beside the ex-post N(0, I), MVG and GMM; `--fit-lde RUN` fits it to the
-codes of any run of this project.
+fits an autoregressive density to the frozen encoder's codes (Sec. 3.3): each factor a
+mixture of K Gaussians from dilated causal 1-D convolutions over the code (Fig. 4), sampled
+one dimension at a time and decoded. It is the sampler `lde` beside the ex-post N(0, I),
+MVG and GMM, of this run or (--fit-lde) of any.
 
 Key equations:
     z = E(x) * m_t,  m_t = (1 .. 1, 0 .. 0) with a_t = min(d, int(d e_t / W + 1)) ones,
@@ -41,22 +39,20 @@ Deviations and choices (where the paper is silent we follow the official code, [
   - MNIST is 32x32 (zero-padded): one more stride-2 layer, a 4x4 last kernel (official 28 px:
     7x7); Parzen cuts the border off. Its last 5,000 training images choose the Parzen width
     (official: 55k / 5k after an unseeded shuffle); digits' last 150.
-  - Per data set [C]: d, W, beta, K, output and epochs of the official scripts (MNIST 390,
-    CIFAR-10 250, CelebA 150 epochs). CIFAR-10's had no perceptual loss and K = 50
-    (train_armdn.sh, 53753c9); the paper names beta 0.1, K 30. digits takes MNIST's settings,
-    folder and fake CIFAR-10's. CelebA: 140 centre crop to 64 (official box not published).
+  - Per data set [C]: d, W, beta, K, output and epochs of the official scripts; CIFAR-10's
+    had no perceptual loss and K = 50 (train_armdn.sh, 53753c9; the paper: beta 0.1, K 30).
+    digits takes MNIST's, folder and fake CIFAR-10's. CelebA: 140 centre crop to 64.
   - Perceptual loss [C]: conv3_1 before its ReLU (the paper: relu3_1), ImageNet
     normalisation, grey repeated to RGB; torchvision's VGG19 file, first 11 layers.
   - LDE [C]: ceil(log2 d) blocks Conv1d(kernel 2, dilation 2^i) -> BatchNorm1d ->
     LeakyReLU(0.2) of 16, 32, 64, .. channels (armdn00's list ends at 4096, d <= 512; ours
-    goes on doubling), a 1x1 conv to 3K, N(0, 0.02) init; the head read as (pi, mu, sigma),
-    the paper's order (official: (mu, sigma, pi), alike at init). Training-mode BN pools over
-    all positions, the zero pad included [C]; eval mode is exactly causal. logsumexp, not
+    goes on), a 1x1 conv to 3K, N(0, 0.02) init; the head read as (pi, mu, sigma), the
+    paper's order (official: (mu, sigma, pi), alike at init). Training-mode BN pools over all
+    positions, the zero pad included [C]; eval mode is exactly causal. logsumexp, not
     log(density + 1e-12); codes encoded once (eval mode, no flips); sampling at temperature 1.
-  - The LDE kept is the epoch's with the lowest NLL on a seeded random --lde-holdout (10%) of
-    the training codes (official: its validation split, snapshots). Measured (README, "The
-    LDE against the Gaussians", CIFAR-10 codes): best at epoch 36; that LDE scores 0.08 nats
-    per test code, an earlier fit's last (200th) epoch 0.63.
+  - The LDE kept is the epoch's with the lowest NLL on a random tenth (--lde-holdout) of the
+    training codes (official: a validation split, snapshots). On CIFAR-10 codes (README) that
+    is epoch 36's, 0.08 nats per test code; the 200th epoch's of an earlier fit scored 0.63.
   - torchrun: every process has the same a_t; stage two (also --fit-lde) is one process.
 """
 from __future__ import annotations
@@ -65,7 +61,6 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -83,17 +78,15 @@ PER_DATASET = {
     "cifar10": dict(latent_dim=256, warmup_epochs=128, perc_weight=0.0, lde_components=50,
                     output="tanh", holdout=0, epochs=250),
     "celeba": dict(latent_dim=100, warmup_epochs=100, perc_weight=0.1, lde_components=30,
-                   output="tanh", holdout=0, epochs=150),
-}
+                   output="tanh", holdout=0, epochs=150)}
 PER_DATASET.update(digits={**PER_DATASET["mnist"], "holdout": 150},
                    folder=PER_DATASET["cifar10"], fake=PER_DATASET["cifar10"])
 PAPER_PARZEN = "326 +- 2 nats, AE + LDE and IAE + LDE alike (Table 2; 28x28, ours 32x32)"
 LDE_SETTINGS = ("lde_components", "lde_epochs", "lde_batch_size", "lde_lr", "lde_lr_drops",
                 "lde_holdout")
-LDE_FILE = "lde_checkpoint.pt"  # stage two's progress, so that an interrupted fit continues
 
 
-@dataclass
+@dataclasses.dataclass
 class Args:
     dataset: str = arg("cifar10", "data set", choices=common.DATASETS)
     data_root: str = arg("data", "folder of the data set (torchvision downloads into it)")
@@ -108,8 +101,7 @@ class Args:
     output: str = arg("tanh", "decoder output (MNIST: sigmoid)", choices=("tanh", "sigmoid"))
     holdout: int = arg(0, "last training images left out for the Parzen width (MNIST 5000)", low=0)
     epochs: int = arg(250, "autoencoder epochs (MNIST 390, CelebA 150)", low=1)
-    lde_components: int = arg(50, "K, Gaussians per LDE factor (MNIST, CelebA 30)", low=1,
-                              was="components")
+    lde_components: int = arg(50, "K of the LDE (MNIST, CelebA 30)", low=1, was="components")
     batch_size: int = arg(128, "autoencoder batch size", low=1)
     lr: float = arg(1e-3, "Adam learning rate of the autoencoder", low=0)
     lr_drops: list[int] = arg([20, 50, 100, 200], "epochs at which the lr halves", low=0)
@@ -117,15 +109,13 @@ class Args:
     lde_batch_size: int = arg(128, "LDE batch size", low=1)
     lde_lr: float = arg(2e-4, "Adam learning rate of the LDE", low=0)
     lde_lr_drops: list[int] = arg([15, 35, 60, 100], "epochs at which the LDE lr halves", low=0)
-    lde_holdout: float = arg(0.1, "share of the training codes held out; the LDE of the epoch "
-                             "best on them is kept (0: the last epoch's)", low=0)
+    lde_holdout: float = arg(0.1, "share of codes held out to pick the LDE epoch (0: last)", low=0)
     fit_lde: str = arg("", "only stage two: fit the LDE on the codes of this run (any method)")
     gmm_components: int = arg(10, "components of the ex-post GMM", low=1)
     seed: int = arg(0, "seed of initialisation, batch order and samplers")
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     compile: bool = arg(False, "torch.compile the autoencoder (worth it on CUDA only)")
-    sync_bn: bool = arg(False, "under torchrun: batch-norm statistics over every process's "
-                        "batch (SyncBatchNorm, CUDA)")
+    sync_bn: bool = arg(False, "torchrun: batch-norm statistics over all processes (SyncBatchNorm)")
     out_dir: str = arg("runs", "parent folder of the run folders")
     resume: str = arg("", "run folder to continue from its last checkpoint")
 
@@ -176,15 +166,12 @@ def active_dims(latent_dim: int, warmup_epochs: float, epoch: int, step: int, st
     """a_t, the code dimensions the decoder sees at step `step` of `epoch` [C]."""
     if warmup_epochs == 0:
         return latent_dim
-    fractional_epoch = epoch + step / steps
-    return min(latent_dim, int(latent_dim * fractional_epoch / warmup_epochs + 1))
-
-
-VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"  # torchvision ImageNet
+    return min(latent_dim, int(latent_dim * (epoch + step / steps) / warmup_epochs + 1))  # e_t
 
 
 class Perceptual(nn.Module):
     """L_Perc of Eq. (5) on frozen VGG19 features relu1_1, relu2_1, conv3_1 [C]."""
+    URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"  # torchvision ImageNet
 
     def __init__(self):
         super().__init__()
@@ -193,10 +180,10 @@ class Perceptual(nn.Module):
             conv(3, 64), nn.ReLU(), conv(64, 64), nn.ReLU(), nn.MaxPool2d(2),
             conv(64, 128), nn.ReLU(), conv(128, 128), nn.ReLU(), nn.MaxPool2d(2), conv(128, 256))
         try:
-            state = torch.hub.load_state_dict_from_url(VGG19_URL, progress=False)
+            state = torch.hub.load_state_dict_from_url(self.URL, progress=False)
         except (OSError, RuntimeError) as error:
             raise common.missing_weights("the VGG19 weights for the perceptual loss",
-                                         VGG19_URL, error) from None
+                                         self.URL, error) from None
         features.load_state_dict({key[len("features."):]: value for key, value in state.items()
                                   if key.startswith("features.") and int(key.split(".")[1]) < 11})
         self.slices = nn.ModuleList([features[:2], features[2:7], features[7:]])
@@ -241,9 +228,7 @@ def train(args: Args, given: set):
     steps = len(train_images) // batch
     state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
     for epoch in range(start_epoch, args.epochs):
-        lr = args.lr * 0.5 ** sum(epoch >= drop for drop in args.lr_drops)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = common.set_lr(optimizer, args.lr / 2 ** sum(epoch >= d for d in args.lr_drops))
         model.train()
         started, loss_sum = time.time(), torch.zeros((), device=device)
         bar = common.progress(common.batches(train_images, batch, args.seed, epoch, args.flip),
@@ -345,28 +330,22 @@ def sampler_from_state(state: dict) -> LDESampler:
     return LDESampler(lde, state.get("settings", {}))
 
 
-def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, source: int = 0):
-    """Eq. (4) by Adam on the codes [N, d] but the last --lde-holdout of them, whose NLL
-    after each epoch picks the epoch whose LDE is kept (the official code keeps snapshots
-    and logs a validation NLL). Continues from folder/LDE_FILE when that holds a fit of the
-    same settings, on codes of the same `source` (the encoder's epoch), that has not gone
-    past --lde-epochs."""
+def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict | None = None):
+    """Eq. (4) by Adam on the codes [N, d] but a random --lde-holdout, whose NLL picks the epoch
+    kept [C]. With `state`, the run's checkpoint, the fit is stored in it after each epoch (a
+    stopped fit of the same settings, on codes of the same encoder epoch, continues)."""
     torch.manual_seed(args.seed)
     lde = LDE(codes.shape[1], args.lde_components).to(device)
     optimizer = torch.optim.Adam(lde.parameters(), lr=args.lde_lr, betas=(0.5, 0.999))
-    settings = {"latent_dim": codes.shape[1], "source": source, "seed": args.seed,
-                **{k: getattr(args, k) for k in LDE_SETTINGS if k != "lde_epochs"}}
+    settings = {"latent_dim": codes.shape[1], "source": (state or {}).get("epoch", 0),
+                "seed": args.seed, **{k: getattr(args, k) for k in LDE_SETTINGS}}
     start, best = 0, {"nll": math.inf, "epoch": 0, "model": {}}  # on the held-out codes
-    if (folder / LDE_FILE).exists():
-        saved = torch.load(folder / LDE_FILE, map_location=device, weights_only=True)
-        if saved["settings"] == settings and saved["epoch"] <= args.lde_epochs:
-            lde.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            start, best = saved["epoch"], saved["best"]
-            print(f"continuing the LDE after its epoch {start}")
-        else:
-            print(f"fitting the LDE afresh: {LDE_FILE} holds a fit of other settings or of "
-                  f"{saved['epoch']} epochs, more than --lde-epochs {args.lde_epochs}")
+    stored = (state or {}).get("lde_fit", {})
+    if stored.get("settings") == settings:  # the same fit, stopped (or done): it continues
+        lde.load_state_dict(stored["model"])
+        optimizer.load_state_dict(stored["optimizer"])
+        start, best = stored["epoch"], stored["best"]
+        print(f"continuing the LDE after its epoch {start}")
     held = int(len(codes) * args.lde_holdout)  # a random share: files may be sorted by class
     order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(args.seed))
     codes, held = codes[order[held:]].to(device), codes[order[:held]]
@@ -375,9 +354,7 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, source: int
                                f"{len(codes)} codes it trains on")
     steps = len(codes) // args.lde_batch_size
     for epoch in range(start, args.lde_epochs):
-        lr = args.lde_lr * 0.5 ** sum(epoch >= drop for drop in args.lde_lr_drops)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = common.set_lr(optimizer, args.lde_lr / 2 ** sum(epoch >= d for d in args.lde_lr_drops))
         lde.train()
         started, loss_sum = time.time(), torch.zeros((), device=device)
         order = torch.randperm(len(codes), generator=common.epoch_generator(args.seed, epoch))
@@ -397,51 +374,36 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, source: int
                 best = {"nll": nll, "epoch": epoch + 1,
                         "model": {k: v.clone() for k, v in lde.state_dict().items()}}
         common.log_epoch(folder, {**record, "lr": lr, "seconds": time.time() - started})
-        common.atomic_save({"settings": settings, "epoch": epoch + 1, "model": lde.state_dict(),
-                            "optimizer": optimizer.state_dict(), "best": best}, folder / LDE_FILE)
+        if state is not None:
+            state["lde_fit"] = {"settings": settings, "epoch": epoch + 1, "best": best,
+                                "model": lde.state_dict(), "optimizer": optimizer.state_dict()}
+            common.atomic_save(state, folder / common.CHECKPOINT)
     if best["model"]:
         lde.load_state_dict(best["model"])
         print(f"the LDE of epoch {best['epoch']} is kept: held-out NLL {best['nll']:.4f} per dim")
     kept = best["epoch"] or args.lde_epochs
-    return LDESampler(lde, {**settings, "lde_epochs": args.lde_epochs, "kept_epoch": kept})
+    return LDESampler(lde, {**settings, "kept_epoch": kept})
 
 
-def run_codes(run_dir: str, args: Args, given: set):
-    """A run of any method with an encoder, and the codes [N, d] of its training images (those
-    it trained on) and of its test images; the run's data unless --data-root is typed."""
-    method, device = common.method_of(run_dir), common.pick_device(args.device)
+def fit_lde(run_dir: str, args: Args, given: set):
+    """Stage two on any run with an encoder: the LDE of the codes of the images it trained on,
+    stored in its checkpoint as the sampler `lde`; samples_lde.png. (Test codes: eval.py.)"""
+    method, folder = common.method_of(run_dir), Path(run_dir)
     if not hasattr(method, "encode"):
         raise common.UserError(f"{run_dir} is a {method.__name__} run, which has no encoder; "
                                f"the LDE needs codes")
+    device, state = common.pick_device(args.device), common.load_checkpoint(run_dir)
     run = method.load_run(run_dir, device)
     a, root = run.args, args.data_root if "data_root" in given else run.args["data_root"]
-    images = {split: common.load_images(a["dataset"], root, split, a["image_size"], a["crop"])
-              for split in ("train", "test")}
-    images["train"] = images["train"][:len(images["train"]) - a.get("holdout", 0)]
-    return method, run, {split: common.encode_all(lambda x: method.encode(run, x),
-                                                  images[split].to(device)) for split in images}
-
-
-def fit_lde(run_dir: str, args: Args, given: set) -> dict:
-    """Stage two on any run with an encoder: the LDE fitted to its training codes, stored in
-    its checkpoint as the sampler `lde`, samples_lde.png, and each sampler's negative
-    log-likelihood of the test codes (logged and returned)."""
-    method, run, codes = run_codes(run_dir, args, given)
-    print(f"stage two: the LDE on {len(codes['train'])} codes of dimension "
-          f"{codes['train'].shape[1]}")
+    images = common.load_images(a["dataset"], root, "train", a["image_size"], a["crop"])
+    images = images[:len(images) - a.get("holdout", 0)].to(device)  # those it trained on
+    codes = common.encode_all(lambda x: method.encode(run, x), images)  # [N, d]
+    print(f"stage two: the LDE on {len(codes)} codes of dimension {codes.shape[1]}")
     if "lde" in run.samplers:
         print(f"replacing the run's LDE, fitted with {run.samplers['lde'].settings}")
-    state, folder = common.load_checkpoint(run_dir), Path(run_dir)
-    run.samplers["lde"] = train_lde(codes["train"], args, folder,
-                                    next(run.model.parameters()).device, state["epoch"])
+    run.samplers["lde"] = train_lde(codes, args, folder, device, state)
     common.save_samplers(state, run.samplers, folder / common.CHECKPOINT)
     common.save_grid(method.sample(run, 64, "lde", args.seed), folder / "samples_lde.png")
-    nll = {name: -sampler.log_prob(codes["test"]).mean().item()
-           for name, sampler in run.samplers.items()}
-    common.log_epoch(folder, {"stage": "lde", "test_code_nll": nll})
-    print("negative log-likelihood of the test codes, nats per code: " +
-          ", ".join(f"{name} {value:.1f}" for name, value in nll.items()))
-    return nll
 
 
 # -- Sampling (the shared one: codes from a sampler, decoded) and the paper's figure -----
@@ -453,16 +415,11 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample  # decode: IAE.images
 
 
-def paper_settings() -> dict:
-    """Every setting of the official run whose Parzen figure Table 2 reports (MNIST)."""
-    return dataclasses.asdict(with_dataset_defaults(Args(dataset="mnist"), set()))
-
-
 def paper_parzen(run_args: dict, samples: int) -> str:
-    """Table 2's figure, which eval.py --parzen prints beside ours for the official MNIST
-    run (paper_settings) and 10,000 samples; empty for any other run."""
-    found = samples == 10000 and not common.off_paper(run_args, paper_settings())
-    return PAPER_PARZEN if found else ""
+    """Table 2's figure, which eval.py --parzen prints beside ours for the official MNIST run
+    (every setting the official scripts') and 10,000 samples; empty for any other run."""
+    official = dataclasses.asdict(with_dataset_defaults(Args(dataset="mnist"), set()))
+    return PAPER_PARZEN if samples == 10000 and not common.off_paper(run_args, official) else ""
 
 
 def with_dataset_defaults(args: Args, given: set, run_args: dict | None = None) -> Args:
@@ -484,9 +441,7 @@ def main(args: Args, given: set):
     if not args.resume:  # d, W, beta, K, output, holdout and epochs of the official scripts
         args = with_dataset_defaults(args, given)
     folder, args = train(args, given)
-    rank = common.world()[0]
-    common.end_processes()  # under torchrun, stage two runs in rank 0 alone
-    if rank == 0:
+    if common.end_processes() == 0:  # under torchrun, stage two runs in rank 0 alone
         fit_lde(str(folder), args, {"data_root"})
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
 

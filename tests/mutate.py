@@ -130,16 +130,15 @@ MUTATIONS = [
     ("iae_lde.py", '"cifar10": dict(latent_dim=256, warmup_epochs=128, perc_weight=0.0, '
      'lde_components=50,', '"cifar10": dict(latent_dim=256, warmup_epochs=128, perc_weight=0.1, '
      'lde_components=50,', ["test_iae_lde.py"], "CIFAR-10 with the perceptual loss"),
-    ("iae_lde.py", 'if saved["settings"] == settings and saved["epoch"] <= args.lde_epochs:',
-     'if saved["settings"] == settings:', ["test_iae_lde.py"],
-     "a longer stored LDE fit returned for fewer --lde-epochs"),
+    ("iae_lde.py", 'if stored.get("settings") == settings:', "if stored:", ["test_iae_lde.py"],
+     "a stored LDE fit of other settings, or of another encoder epoch's codes, continued"),
     ("iae_lde.py", 'args, given, "iae_lde", resumable=LDE_SETTINGS)', 'args, given, "iae_lde")',
      ["test_iae_lde.py"], "--resume ignores the --lde-* flags"),
     ("iae_lde.py", 'names = LDE_SETTINGS + ("seed",) if run_args else',
      'names = () if run_args else', ["test_iae_lde.py"],
      "--fit-lde uses the command-line defaults, not the run's own settings"),
-    ("iae_lde.py", "int(latent_dim * fractional_epoch / warmup_epochs + 1)",
-     "int(latent_dim * fractional_epoch / warmup_epochs)", ["test_iae_lde.py"],
+    ("iae_lde.py", "int(latent_dim * (epoch + step / steps) / warmup_epochs + 1)",
+     "int(latent_dim * (epoch + step / steps) / warmup_epochs)", ["test_iae_lde.py"],
      "incremental schedule off by one (no dimension at first)"),
     ("iae_lde.py", "z = z * (torch.arange(z.shape[1], device=z.device) < active)",
      "z = z * (torch.arange(z.shape[1], device=z.device) <= active)", ["test_iae_lde.py"],
@@ -308,6 +307,12 @@ MUTATIONS = [
     ("eval.py", "images = common.load_images(dataset, data_root, split, size, crop)",
      'images = common.load_images(dataset, data_root, "test", size, crop)', ["test_eval.py"],
      "--ref train scored against the test split"),
+    ("eval.py", 'columns[name]["code_nll"] = -run.samplers[name].log_prob(codes)',
+     'columns[name]["code_nll"] = run.samplers[name].log_prob(codes)', ["test_eval.py"],
+     "the test-code NLL reported with the sign of a log-likelihood"),
+    ("iae_lde.py", "        if state is not None:\n            state[\"lde_fit\"]",
+     "        if False:\n            state[\"lde_fit\"]", ["test_iae_lde.py"],
+     "the LDE fit not kept in the run's checkpoint: a stopped fit starts again"),
 ]
 
 

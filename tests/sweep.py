@@ -86,7 +86,7 @@ SCOPE = {
         "LatentSampler", "normal_sampler", "fit_samplers", "samplers_from_state",
         "fit_ex_post", "save_samplers", "encode_all", "encode", "images_of", "decode", "sample",
         # schedules, resume, the paper's setting
-        "daly_learning_rate", "stop_if_diverged", "local_batch", "shard", "resume", "start",
+        "set_lr", "daly_learning_rate", "stop_if_diverged", "local_batch", "shard", "resume", "start",
         "open_run", "save_epoch", "off_paper", "paper_row", "RESUMABLE", "NOT_A_SETTING",
         "CELEBA_VALID_FROM", "DEFAULT_SIZE", "DEFAULT_CROP",
         # metrics
@@ -107,8 +107,8 @@ SCOPE = {
                "paper_regulariser", "train", "paper_settings", "paper_fid"],
     "iae_lde.py": ["PER_DATASET", "Args", "IAE", "active_dims", "Perceptual",
                    "autoencoder_loss", "train", "LDE", "mixture_nll", "LDESampler",
-                   "sampler_from_state", "train_lde", "run_codes", "fit_lde", "paper_settings",
-                   "paper_parzen", "with_dataset_defaults", "main"],
+                   "sampler_from_state", "train_lde", "fit_lde", "paper_parzen",
+                   "with_dataset_defaults", "main"],
     "deciphering.py": ["EMA_EVERY", "SAMPLE_BATCH", "PHASE_TWO_DEFAULTS", "Args",
                        "pattern_count",
                        "random_subsets", "draw_patterns", "make_patterns", "cluster_images",
@@ -120,7 +120,8 @@ SCOPE = {
                        "paper_settings", "paper_fid", "main"],
     "eval.py": ["Args", "reference", "generated", "smoke_test", "reconstructed", "interpolated",
                 "score", "evaluate", "PARZEN_SIGMAS", "parzen_log_likelihood",
-                "parzen_validation", "parzen_points", "parzen", "table", "folder_stats"],
+                "parzen_validation", "parzen_points", "parzen", "table", "parzen_table",
+                "folder_stats"],
 }
 # Tests not run per mutant: subprocesses (their code runs where no trace hook sees it), the
 # benchmark's smoke test and the CUDA tests.

@@ -372,6 +372,30 @@ def test_parzen_scores_at_most_10000_test_images(dae_run, monkeypatch):
     assert seen == [150, 10_000]
 
 
+def test_parzen_gives_each_samplers_nll_of_the_test_codes(dae_run, capsys):
+    """With an encoder, each sampler's mean -log p(E(x)) over the test images (nats per code),
+    by scipy: N(0, I) and the MVG of the stored mean and covariance (plus the 1e-6 jitter)."""
+    import dae
+
+    result = eval_module.parzen(str(dae_run), eval_module.Args(
+        samplers=["normal", "mvg"], parzen_samples=2, device="cpu"))["columns"]
+    run = dae.load_run(str(dae_run))
+    with torch.no_grad():
+        x = common.load_images("digits", "", "test").float() / 255
+        z = run.model.encoder(x).double().numpy()  # [297, 4], eval mode
+    assert z.shape == (297, 4)
+    normal = -stats.multivariate_normal(np.zeros(4), np.eye(4)).logpdf(z).mean()
+    assert result["normal"]["code_nll"] == pytest.approx(normal, rel=1e-5)
+    mvg = common.load_checkpoint(dae_run)["samplers"]["mvg"]
+    mean, cov = mvg["means"][0].numpy(), mvg["covs"][0].numpy() + 1e-6 * np.eye(4)
+    expected = -stats.multivariate_normal(mean, cov).logpdf(z).mean()
+    assert result["mvg"]["code_nll"] == pytest.approx(expected, rel=1e-5)
+    assert expected < normal  # the codes' own Gaussian fits them better than the prior
+    table = eval_module.parzen_table({str(dae_run): {"method": "dae", "columns": result,
+                                                     "paper": ""}})
+    assert f"| {result['mvg']['code_nll']:.2f} |" in table
+
+
 def test_parzen_of_every_sampler(dae_run, capsys):
     args = eval_module.Args(runs=[str(dae_run)], parzen=True, parzen_samples=40, device="cpu")
     result = eval_module.main(args, set())[str(dae_run)]

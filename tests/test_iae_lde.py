@@ -122,14 +122,15 @@ def test_the_lde_log_holds_each_epochs_mean_nll(tmp_path, monkeypatch):
     losses = recorded(monkeypatch, I, "mixture_nll")
     args = I.Args(lde_components=3, lde_epochs=3, lde_batch_size=320, lde_lr_drops=[1, 2],
                   lde_holdout=0.0, seed=0)
-    sampler = I.train_lde(codes, args, tmp_path, torch.device("cpu"))
+    state = {}  # a run's checkpoint, which keeps the fit
+    sampler = I.train_lde(codes, args, tmp_path, torch.device("cpu"), state)
     log = [r for r in log_records(tmp_path) if r.get("stage") == "lde"]
     assert [r["epoch"] for r in log] == [1, 2, 3] and len(losses) == 3 * 2
     for e, record in enumerate(log):
         mean = sum(nll.mean().item() for nll in losses[2 * e:2 * e + 2]) / 2
         assert record["loss"] == pytest.approx(mean, rel=1e-5)
     assert [r["lr"] for r in log] == pytest.approx([2e-4, 1e-4, 5e-5], rel=1e-12)
-    saved = torch.load(tmp_path / I.LDE_FILE, weights_only=True)["optimizer"]["param_groups"]
+    saved = common.load_checkpoint(tmp_path)["lde_fit"]["optimizer"]["param_groups"]
     assert saved[0]["betas"] == (0.5, 0.999) and sampler.settings["lde_epochs"] == 3
 
 
@@ -202,34 +203,44 @@ def test_lde_trains_with_batch_statistics(tmp_path):
     assert not sampler.lde.training  # and samples, log_prob in eval mode
 
 
-def test_an_interrupted_lde_fit_continues_exactly(tmp_path, capsys):
+def test_an_interrupted_lde_fit_continues_exactly(tmp_path, monkeypatch, capsys):
+    """A fit stopped in its second epoch, continued from the run's checkpoint.pt (where each
+    epoch stores it), ends with the weights of a fit never stopped; a stored fit of other
+    settings, or on the codes of another encoder epoch, is not continued."""
     codes, _ = known_mixture(640, seed=0)
     args = I.Args(lde_components=5, lde_epochs=2, lde_batch_size=64, seed=1)
-    one_epoch = I.Args(**{**vars(args), "lde_epochs": 1})
     cpu = torch.device("cpu")
-    for name in ("a", "b", "c"):
+    for name in ("a", "b"):
         (tmp_path / name).mkdir()
-    straight = I.train_lde(codes, args, tmp_path / "a", cpu)
-    I.train_lde(codes, one_epoch, tmp_path / "b", cpu)
+    straight = I.train_lde(codes, args, tmp_path / "a", cpu, {"epoch": 7})
+    steps, real = [], I.mixture_nll
+
+    def stop_in_epoch_two(*params):
+        steps.append(1)
+        if len(steps) == 10 + 2:  # epoch 1: 9 steps (576 codes) and the held-out NLL
+            raise KeyboardInterrupt
+        return real(*params)
+
+    monkeypatch.setattr(I, "mixture_nll", stop_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        I.train_lde(codes, args, tmp_path / "b", cpu, {"epoch": 7})
+    monkeypatch.setattr(I, "mixture_nll", real)
+    stored = common.load_checkpoint(tmp_path / "b")
+    assert stored["lde_fit"]["epoch"] == 1 and stored["epoch"] == 7
     capsys.readouterr()
-    continued = I.train_lde(codes, args, tmp_path / "b", cpu)
+    continued = I.train_lde(codes, args, tmp_path / "b", cpu, stored)
     assert "continuing the LDE after its epoch 1" in capsys.readouterr().out
     for a, b in zip(straight.lde.state_dict().values(), continued.lde.state_dict().values()):
         assert torch.equal(a, b)
-    # Other settings, or codes of another encoder epoch, start afresh instead of mixing fits.
-    I.train_lde(codes, one_epoch, tmp_path / "c", cpu, source=3)
-    capsys.readouterr()
-    I.train_lde(codes, args, tmp_path / "c", cpu, source=4)
-    I.train_lde(codes, I.Args(**{**vars(args), "lde_epochs": 3, "lde_lr": 1e-3}), tmp_path / "c",
-                cpu, source=4)
-    assert "continuing" not in capsys.readouterr().out
-    # Fewer epochs than the stored fit: a fit of that length, not the longer one.
-    shorter = I.train_lde(codes, one_epoch, tmp_path / "a", cpu)
-    assert "afresh" in capsys.readouterr().out and shorter.settings["lde_epochs"] == 1
-    (tmp_path / "d").mkdir()
-    one = I.train_lde(codes, one_epoch, tmp_path / "d", cpu)
-    for a, b in zip(shorter.lde.state_dict().values(), one.lde.state_dict().values()):
-        assert torch.equal(a, b)
+    assert continued.settings["kept_epoch"] == straight.settings["kept_epoch"]
+    # The finished fit, as stored: the same settings and encoder epoch continue (nothing left
+    # to do); codes of another encoder epoch, or other settings, get a fit of their own.
+    (tmp_path / "c").mkdir()
+    for epoch, changed, continues in ((7, {}, True), (8, {}, False),
+                                      (7, {"lde_lr": 1e-3}, False), (7, {"lde_epochs": 3}, False)):
+        state = {**common.load_checkpoint(tmp_path / "b"), "epoch": epoch}
+        I.train_lde(codes, dataclasses.replace(args, **changed), tmp_path / "c", cpu, state)
+        assert ("continuing the LDE after its epoch 2" in capsys.readouterr().out) == continues
 
 
 def test_head_channels_are_pi_mu_sigma():
@@ -458,7 +469,7 @@ def two_stage_run(tmp_path_factory, torch_home):
 def test_both_stages_learn_and_store_every_sampler(two_stage_run):
     run = two_stage_run
     for name in ("samples_lde.png", "samples_gmm.png", "interpolations.png",
-                 "reconstructions.png", I.LDE_FILE):
+                 "reconstructions.png"):
         assert (run / name).stat().st_size > 0, name
     checkpoint = common.load_checkpoint(run)
     assert checkpoint["method"] == "iae_lde" and checkpoint["args"]["perc_weight"] == 0.1
@@ -469,9 +480,8 @@ def test_both_stages_learn_and_store_every_sampler(two_stage_run):
     assert stage_one[-1]["loss"] < stage_one[0]["loss"]
     lde = [r["loss"] for r in records if r.get("stage") == "lde" and "epoch" in r]
     assert len(lde) == 3 and lde[-1] < lde[0]  # the LDE's NLL falls
-    nll = records[-1]["test_code_nll"]
-    assert set(nll) == {"normal", "mvg", "gmm", "lde"}
-    assert nll["lde"] < nll["normal"]  # it has learnt something of the codes' density
+    fit = checkpoint["lde_fit"]  # stage two's progress, kept in the run's one checkpoint
+    assert fit["epoch"] == 3 and fit["settings"]["source"] == checkpoint["epoch"] == 1  # index
 
 
 def test_fit_lde_on_a_dae_run(tmp_path):
@@ -479,8 +489,7 @@ def test_fit_lde_on_a_dae_run(tmp_path):
 
     folder = train(dae, tmp_path, dataset="digits", filters=4, latent_dim=4, epochs=1,
                    batch_size=64, gmm_components=2)
-    nll = I.fit_lde(str(folder), I.Args(lde_components=3, lde_epochs=1, device="cpu"), set())
-    assert set(nll) == {"normal", "mvg", "gmm", "lde"}
+    I.fit_lde(str(folder), I.Args(lde_components=3, lde_epochs=1, device="cpu"), set())
     assert (folder / "samples_lde.png").stat().st_size > 0
     loaded = dae.load_run(folder)
     assert isinstance(loaded.samplers["lde"], I.LDESampler)
@@ -585,7 +594,7 @@ def test_fit_lde_takes_the_runs_own_settings_and_says_what_it_replaces(digits_ru
     assert "continuing the LDE after its epoch 2" in out
     I.main(I.Args(fit_lde=str(digits_run), lde_epochs=1, device="cpu"),
            {"fit_lde", "lde_epochs", "device"})
-    assert "afresh" in capsys.readouterr().out
+    assert "continuing" not in capsys.readouterr().out
     settings = common.load_checkpoint(digits_run)["samplers"]["lde"]["settings"]
     assert settings["lde_epochs"] == 1 and settings["lde_components"] == 3
 
