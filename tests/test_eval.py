@@ -391,9 +391,14 @@ def test_parzen_gives_each_samplers_nll_of_the_test_codes(dae_run, capsys):
     expected = -stats.multivariate_normal(mean, cov).logpdf(z).mean()
     assert result["mvg"]["code_nll"] == pytest.approx(expected, rel=1e-5)
     assert expected < normal  # the codes' own Gaussian fits them better than the prior
+    result["lde"] = {**result["mvg"], "code_nll": None}  # a sampler of a run without an encoder
     table = eval_module.parzen_table({str(dae_run): {"method": "dae", "columns": result,
-                                                     "paper": ""}})
-    assert f"| {result['mvg']['code_nll']:.2f} |" in table
+                                                     "paper": "326 +- 2"}}).splitlines()
+    header, rows = table[0], dict(zip(("normal", "mvg", "lde"), table[2:]))
+    assert header.split("|")[-2].strip() == "test-code NLL"
+    assert all(line.count("|") == header.count("|") == 8 for line in table)  # the rule too
+    assert rows["mvg"].endswith(f"| - | {result['mvg']['code_nll']:.2f} |")
+    assert rows["lde"].endswith("| 326 +- 2 | - |")  # Table 2's figure on the LDE row alone
 
 
 def test_parzen_of_every_sampler(dae_run, capsys):

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from unittest import mock
 
 import numpy as np
@@ -583,9 +584,11 @@ def test_digits_run_has_mnist_model_and_split(digits_run):
     assert set(provenance["versions"]) == {"torch", "torchvision", "lpips", "pytorch-fid"}
 
 
-def test_fit_lde_takes_the_runs_own_settings_and_says_what_it_replaces(digits_run, capsys):
+def test_fit_lde_takes_the_runs_own_settings_and_says_what_it_replaces(digits_run, tmp_path,
+                                                                       capsys):
     """--fit-lde RUN with nothing typed refits with the run's K and schedule (the finished
     fit is kept, not redone); a typed --lde-epochs 1 fits anew and the sampler says so."""
+    digits_run = shutil.copytree(digits_run, tmp_path / "run")  # the fixture stays as trained
     capsys.readouterr()
     I.main(I.Args(fit_lde=str(digits_run), device="cpu"), {"fit_lde", "device"})
     out = capsys.readouterr().out
@@ -599,9 +602,10 @@ def test_fit_lde_takes_the_runs_own_settings_and_says_what_it_replaces(digits_ru
     assert settings["lde_epochs"] == 1 and settings["lde_components"] == 3
 
 
-def test_resume_honours_the_lde_flags(digits_run, capsys):
+def test_resume_honours_the_lde_flags(digits_run, tmp_path, capsys):
     """--resume of a finished run with --lde-epochs 3: the autoencoder keeps its settings,
     stage two runs to epoch 3."""
+    digits_run = shutil.copytree(digits_run, tmp_path / "run")  # the fixture stays as trained
     capsys.readouterr()
     I.main(I.Args(resume=str(digits_run), lde_epochs=3, device="cpu"),
            {"resume", "lde_epochs", "device"})
