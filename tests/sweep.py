@@ -36,10 +36,10 @@ mutant, tests chosen by the functions they call) is the one used here.
 Not mutated, because it cannot change a result: f-strings and the messages of print,
 warnings and errors; progress-bar arguments (desc, total), cadence (`step % 50 == 0`) and
 JSON indentation; the CUDA-only memory-layout branches (test_cuda.py's domain); timing
-figures (time.time(), seconds, images_per_sec); the conditions true only under torchrun and
-the blocks they guard (size > 1: test_distributed.py and tests/mutate.py); arguments of the
-grid writers (save_grid and the like); `.detach()` of what is added to an epoch's running
-sum (it only frees the step's graph); `set_to_none` of zero_grad (every trained parameter
+figures (time.time(), seconds, images_per_sec); the conditions true only under torchrun
+(size > 1, alone or in an `and`) and the blocks they guard (test_distributed.py and
+tests/mutate.py); arguments of the grid writers (save_grid and the like); `.detach()` of
+what is added to an epoch's running sum (it only frees the step's graph); `set_to_none` of zero_grad (every trained parameter
 gets a gradient every step). Not run per mutant: tests that start subprocesses
 (test_cli.py, test_distributed.py, the slow ones), test_benchmark.py and test_cuda.py;
 torchrun-only helpers are out of SCOPE. tests/mutate.py covers what only those tests guard.
@@ -86,7 +86,8 @@ SCOPE = {
         "LatentSampler", "normal_sampler", "fit_samplers", "samplers_from_state",
         "fit_ex_post", "save_samplers", "encode_all", "encode", "images_of", "decode", "sample",
         # schedules, resume, the paper's setting
-        "set_lr", "daly_learning_rate", "stop_if_diverged", "local_batch", "shard", "resume", "start",
+        "set_lr", "daly_learning_rate", "stop_if_diverged", "local_batch", "shard", "resume",
+        "start",
         "open_run", "save_epoch", "off_paper", "paper_row", "RESUMABLE", "NOT_A_SETTING",
         "CELEBA_VALID_FROM", "DEFAULT_SIZE", "DEFAULT_CROP",
         # metrics
@@ -354,10 +355,13 @@ class Generator(ast.NodeVisitor):
             self.visit(value)
 
     def visit_If(self, node: ast.If):
-        test = ast.unparse(node.test)
-        if test not in UNTESTED_BRANCHES:
-            self.visit(node.test)
-        for statement in ([] if test in TORCHRUN_ONLY else node.body) + node.orelse:
+        test = node.test  # torchrun-only: one of TORCHRUN_ONLY, alone or in an `and`
+        parts = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) \
+            else [test]
+        torchrun = any(ast.unparse(part) in TORCHRUN_ONLY for part in parts)
+        if ast.unparse(test) not in UNTESTED_BRANCHES and not torchrun:
+            self.visit(test)
+        for statement in ([] if torchrun else node.body) + node.orelse:
             self.visit(statement)  # (a torchrun-only body: test_distributed.py's domain)
 
     def visit_BinOp(self, node: ast.BinOp):

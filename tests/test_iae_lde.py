@@ -108,6 +108,7 @@ def test_lde_fits_a_known_mixture(tmp_path):
     single_gaussian = mvg.log_prob(test).numpy()
     assert fitted.mean() > single_gaussian.mean() + 0.3  # it found the two modes
     drawn = sampler.sample(20000, seed=3)
+    assert not drawn.requires_grad  # no graph kept through the d sequential steps
     truth, _ = known_mixture(20000, seed=2)
     torch.testing.assert_close(drawn.mean(0), truth.mean(0), atol=0.08, rtol=0)
     # A 0.02-nat gap allows covariances ~0.15 off; sampling that ignored z_<i would miss the
@@ -410,8 +411,13 @@ def test_perceptual_term_sees_the_images_in_unit_range():
 
 
 def test_image_size_that_does_not_halve_is_an_error():
-    with pytest.raises(common.UserError, match="--image-size"):
-        I.IAE(I.Args(filters=8, latent_dim=5), 3, 36)
+    """Sides that halve down to 4..7 pixels work, the smallest 8 (one stride-2 layer, a 4x4
+    last kernel); 36 (to 4.5) and 4 (nothing to halve) are one-line errors."""
+    small = I.IAE(I.Args(filters=2, latent_dim=3), 1, 8)
+    assert small(torch.rand(2, 1, 8, 8), 3)[0].shape == (2, 1, 8, 8)
+    for side in (36, 4):
+        with pytest.raises(common.UserError, match="--image-size"):
+            I.IAE(I.Args(filters=8, latent_dim=5), 3, side)
 
 
 def test_perceptual_loss_is_half_the_summed_mse_of_three_vgg19_layers(weights):
@@ -485,12 +491,35 @@ def test_both_stages_learn_and_store_every_sampler(two_stage_run):
     assert fit["epoch"] == 3 and fit["settings"]["source"] == checkpoint["epoch"] == 1  # index
 
 
-def test_fit_lde_on_a_dae_run(tmp_path):
+def fitted_codes(monkeypatch) -> tuple[list, list]:
+    """The codes each train_lde call gets, and the data folder each load_images call reads."""
+    codes, roots, fit, load = [], [], I.train_lde, common.load_images
+    monkeypatch.setattr(I, "train_lde", lambda z, *a: codes.append(z) or fit(z, *a))
+    monkeypatch.setattr(common, "load_images",
+                        lambda name, root, *a: roots.append(root) or load(name, root, *a))
+    return codes, roots
+
+
+def test_fit_lde_on_a_dae_run(tmp_path, monkeypatch):
+    """--fit-lde on another method's run: the LDE fits the codes of all the training images
+    (a DAE holds none out), read from the run's data folder unless --data-root is typed, and
+    becomes one of the run's samplers."""
     import dae
 
     folder = train(dae, tmp_path, dataset="digits", filters=4, latent_dim=4, epochs=1,
                    batch_size=64, gmm_components=2)
+    with torch.no_grad():
+        expected = dae.load_run(folder).model.encoder(
+            common.load_images("digits", "", "train").float() / 255)  # [1500, 4]
+    codes, roots = fitted_codes(monkeypatch)
     I.fit_lde(str(folder), I.Args(lde_components=3, lde_epochs=1, device="cpu"), set())
+    assert codes[0].shape == (1500, 4) and roots == [str(tmp_path / "data")]
+    assert not codes[0].requires_grad  # encoded without a graph (1,500 images' worth)
+    torch.testing.assert_close(codes[0], expected)
+    elsewhere = str(tmp_path / "elsewhere")
+    I.fit_lde(str(folder), I.Args(lde_components=3, lde_epochs=1, device="cpu",
+                                  data_root=elsewhere), {"data_root"})
+    assert roots[-1] == elsewhere
     assert (folder / "samples_lde.png").stat().st_size > 0
     loaded = dae.load_run(folder)
     assert isinstance(loaded.samplers["lde"], I.LDESampler)
@@ -600,6 +629,20 @@ def test_fit_lde_takes_the_runs_own_settings_and_says_what_it_replaces(digits_ru
     assert "continuing" not in capsys.readouterr().out
     settings = common.load_checkpoint(digits_run)["samplers"]["lde"]["settings"]
     assert settings["lde_epochs"] == 1 and settings["lde_components"] == 3
+
+
+def test_the_lde_fits_the_codes_of_the_images_the_run_trained_on(digits_run, tmp_path,
+                                                                 monkeypatch):
+    """An IAE run that held out 150 digits for the Parzen width: the LDE's codes are those of
+    the first 1,350 training digits, as the encoder (eval mode) gives them."""
+    digits_run = shutil.copytree(digits_run, tmp_path / "run")
+    codes, _ = fitted_codes(monkeypatch)
+    I.fit_lde(str(digits_run), I.Args(lde_components=3, lde_epochs=1, device="cpu"), set())
+    with torch.no_grad():
+        expected = I.load_run(str(digits_run)).model.encoder(
+            common.load_images("digits", "", "train")[:1350].float() / 255)
+    assert codes[0].shape == (1350, 3)
+    torch.testing.assert_close(codes[0], expected)
 
 
 def test_resume_honours_the_lde_flags(digits_run, tmp_path, capsys):

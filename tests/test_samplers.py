@@ -67,6 +67,19 @@ def test_rank_deficient_codes_do_not_crash():
     assert z[:, 3].abs().max() < 1e-4
 
 
+def test_a_covariance_rounded_below_zero_samples_as_its_positive_part():
+    """Sigma = Q diag(2, 1, -1e-10) Q^T (a zero eigenvalue that rounding pushed below 0):
+    samples are finite, with covariance Q diag(2, 1, 0) Q^T."""
+    generator = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=generator))
+    cov = q @ torch.diag(torch.tensor([2.0, 1.0, -1e-10], dtype=torch.float64)) @ q.T
+    assert torch.linalg.eigvalsh(cov).min() < 0
+    z = common.LatentSampler(torch.ones(1), torch.zeros(1, 3), cov[None]).sample(20000, seed=0)
+    assert torch.isfinite(z).all()
+    expected = q @ torch.diag(torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)) @ q.T
+    torch.testing.assert_close(torch.cov(z.double().T), expected, atol=0.06, rtol=0)
+
+
 def test_state_survives_a_safe_checkpoint(tmp_path):
     samplers = common.fit_samplers(correlated_codes(500), seed=0, gmm_components=2)
     common.atomic_save({"samplers": {k: s.state_dict() for k, s in samplers.items()}},

@@ -114,6 +114,7 @@ def test_codes_are_the_encoder_means(tmp_path):
         codes = vae.encode(run, x)
     torch.testing.assert_close(codes, mu, rtol=1e-4, atol=1e-5)
     assert torch.equal(codes, vae.encode(run, x))  # deterministic
+    assert not vae.encode(run, x).requires_grad  # no graph, even called outside no_grad
     torch.testing.assert_close(run.samplers["mvg"].means[0], mu.double().mean(0), rtol=0,
                                atol=1e-5)
     torch.testing.assert_close(run.samplers["mvg"].covs[0], torch.cov(mu.double().T), rtol=0,
