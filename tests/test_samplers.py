@@ -130,3 +130,15 @@ def test_codes_that_carry_a_graph_are_fitted_as_values():
     mvg = common.fit_samplers(codes * 1.0, seed=0, gmm_components=2)["mvg"]
     assert not mvg.means.requires_grad
     torch.testing.assert_close(mvg.means[0], codes.detach().double().mean(0))
+
+
+def test_encode_all_is_the_encoder_in_batches_without_a_graph():
+    """Codes of uint8 images: the encoder on x / 255, batch by batch (the last one short),
+    float32 on the CPU, with no graph kept (the whole training set goes through it)."""
+    encoder = torch.nn.Linear(12, 3)
+    images = torch.randint(0, 256, (1100, 12), dtype=torch.uint8)
+    codes = common.encode_all(encoder, images, batch_size=500)
+    with torch.no_grad():
+        expected = encoder(images.float() / 255)
+    torch.testing.assert_close(codes, expected)
+    assert codes.dtype == torch.float32 and not codes.requires_grad
