@@ -61,11 +61,15 @@ def _bounded(kind, low):
     return convert
 
 
-def build_parser(args_cls, description: str | None = None) -> argparse.ArgumentParser:
+class _HelpFormat(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with each default, and the text after the options as written."""
+
+
+def build_parser(args_cls, description: str | None = None,
+                 epilog: str | None = None) -> argparse.ArgumentParser:
     """One `--flag` per field of the `Args` dataclass: type, default, help, choices from it."""
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=_HelpFormat)
     hints = typing.get_type_hints(args_cls)
     for f in dataclasses.fields(args_cls):
         kind = hints[f.name]
@@ -93,9 +97,9 @@ def build_parser(args_cls, description: str | None = None) -> argparse.ArgumentP
     return parser
 
 
-def parse_args(args_cls, argv=None, description=None):
+def parse_args(args_cls, argv=None, description=None, epilog=None):
     """Parse argv into `args_cls`; also return the names the user gave explicitly."""
-    parser = build_parser(args_cls, description)
+    parser = build_parser(args_cls, description, epilog)
     namespace = parser.parse_args(argv)
     # A second pass with every default suppressed tells which flags were typed.
     for action in parser._actions:
@@ -104,10 +108,11 @@ def parse_args(args_cls, argv=None, description=None):
     return args_cls(**vars(namespace)), given
 
 
-def cli(main, args_cls, doc: str | None):
-    """Entry point of a method file: parse, run, and turn user mistakes into one line."""
+def cli(main, args_cls, doc: str | None, epilog: str | None = None):
+    """Entry point of a method file: parse, run, and turn user mistakes into one line.
+    --help shows the docstring's first paragraph, the options, then `epilog`."""
     description = (doc or "").strip().split("\n\n")[0]
-    args, given = parse_args(args_cls, description=description)
+    args, given = parse_args(args_cls, description=description, epilog=epilog)
     try:
         main(args, given)
         end_processes()
@@ -142,6 +147,9 @@ def load_images(name: str, root: str, split: str, image_size: int = 0, crop: int
         raise ValueError(f"split must be train or test (or CelebA's valid), not {split}")
     if name in ("cifar10", "mnist") and image_size != 32:
         raise UserError(f"{name} images are 32x32 here; --image-size must be 32 (or 0)")
+    if crop and name not in ("celeba", "folder"):
+        raise UserError(f"--crop applies to celeba and folder images; {name} images are "
+                        f"not cropped (leave it at 0)")
     if name == "cifar10":
         return _torchvision_set("CIFAR10", root, split, "cifar-10-batches-py")
     if name == "mnist":  # 28x28 zero-padded to 32x32, as Ghosh et al. and Ghose et al.
@@ -1046,6 +1054,8 @@ def missing_weights(what: str, url: str, error: Exception) -> UserError:
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's port of the TF graph
 # How images become features; part of every cached statistic's name, with the weights' hash.
 FEATURE_PROTOCOL = "8bit-bilinear299-pool3"
+# torch-fidelity's fixed random seed: the IS splits' shuffle and the KID subsets are its draws.
+FIDELITY_SEED = 2020
 
 
 def file_digest(path: Path) -> str:
@@ -1057,17 +1067,48 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def exact_matmul():
+    """TF32 off for matrix products and convolutions (CUDA's default here is on, for
+    training): every metric is computed in full fp32 or float64, on any device."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def tf1_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
+    """TensorFlow 1's resize_bilinear (align_corners False, no half-pixel centres), as
+    torch-fidelity feeds its Inception: output pixel i reads the input at i * in / out,
+    between the pixels floor and floor + 1 (the last repeated); [B, C, H, W] -> [B, C, S, S]."""
+    def grid(side):  # positions in fp32, as TensorFlow computes them
+        position = torch.arange(size, dtype=torch.float32, device=x.device) * torch.tensor(
+            side / size, dtype=torch.float32)
+        low = position.long()
+        return low, (low + 1).clamp(max=side - 1), position - low.float()
+
+    (top, bottom, dy), (left, right, dx) = grid(x.shape[2]), grid(x.shape[3])
+    rows = [x[:, :, index] for index in (top, bottom)]  # [B, C, S, W] each
+    upper, lower = (r[..., left] + (r[..., right] - r[..., left]) * dx for r in rows)
+    return upper + (lower - upper) * dy[:, None]  # [B, C, S, S]
+
+
 class Inception(nn.Module):
-    """pytorch-fid's FID Inception network (resizes to 299 bilinearly, scales to [-1, 1]).
-    One pass gives the 2048-d pool3 features (FID, precision / recall) and the 1008 logits
-    for IS, pool3 @ fc.weight^T without the bias, as torch-fidelity computes them."""
+    """pytorch-fid's FID Inception network (the 2015-12-05 TF weights), on two input paths:
+    pytorch-fid's (images in [0, 1], PyTorch's bilinear resize to 299, scaled to [-1, 1])
+    gives the 2048-d pool3 features of FID, KID and precision / recall; torch-fidelity's
+    (8-bit values, TensorFlow 1's bilinear resize, (x - 128) / 128) gives the 1008 IS
+    logits, pool3 @ fc.weight^T without the bias, as torch-fidelity computes them."""
 
     def __init__(self):
         super().__init__()
         from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3, load_state_dict_from_url
 
         try:
-            self.net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+            self.net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=False,
+                                   normalize_input=False)
             fc_weight = load_state_dict_from_url(FID_WEIGHTS_URL, progress=False)["fc.weight"]
         except (OSError, RuntimeError) as error:
             raise missing_weights("the Inception weights", FID_WEIGHTS_URL, error) from None
@@ -1078,32 +1119,34 @@ class Inception(nn.Module):
         self.eval()
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor):
-        x = (images.float().clamp(0, 1) * 255).round() / 255  # 8 bits, as a PNG round trip
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # grey -> RGB
-        with torch.autocast(x.device.type, enabled=False):
-            pool = self.net(x)[0].flatten(1)  # [B, 2048], fp32
-        return pool.double(), (pool @ self.fc_weight.T).double()  # [B, 2048], [B, 1008]
+    def forward(self, images: torch.Tensor, logits: bool = True):
+        """Images [B, C, H, W] in [0, 1] -> pool3 features [B, 2048] and (with `logits`) IS
+        logits [B, 1008], float64."""
+        x = (images.float().clamp(0, 1) * 255).round()  # 8-bit values, as a PNG stores them
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # grey -> RGB, [B, 3, H, W]
+        with torch.autocast(x.device.type, enabled=False), exact_matmul():
+            fid = F.interpolate(x / 255, size=(299, 299), mode="bilinear", align_corners=False)
+            pool = self.net(fid * 2 - 1)[0].flatten(1).double()  # pytorch-fid's path
+            if not logits:
+                return pool, None
+            fidelity = (tf1_bilinear(x, 299) - 128) / 128  # torch-fidelity's path
+            return pool, (self.net(fidelity)[0].flatten(1) @ self.fc_weight.T).double()
 
 
-def inception_outputs(net: Inception, batches, total: int | None = None, desc: str = ""):
-    """pool3 features [N, 2048] and IS logits [N, 1008] (float64, on the network's device,
-    where FID, IS and precision / recall are then computed) of an iterable of image batches
-    in [0, 1], computed in fp32 with TF32 off."""
+def inception_outputs(net: Inception, batches, total: int | None = None, desc: str = "",
+                      logits: bool = True):
+    """pool3 features [N, 2048] and (with `logits`, else None) IS logits [N, 1008], float64,
+    on the network's device, where FID, IS and precision / recall are then computed, of an
+    iterable of image batches in [0, 1]; computed in fp32 with TF32 off."""
     from tqdm import tqdm
 
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     device = net.fc_weight.device
-    features, logits = [], []
-    try:
-        for x in tqdm(batches, total=total, desc=desc, leave=False, mininterval=2):
-            pool, logit = net(x.to(device))
-            features.append(pool)
-            logits.append(logit)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    return torch.cat(features), torch.cat(logits)
+    features, logit_rows = [], []
+    for x in tqdm(batches, total=total, desc=desc, leave=False, mininterval=2):
+        pool, logit = net(x.to(device), logits)
+        features.append(pool)
+        logit_rows.append(logit)
+    return torch.cat(features), torch.cat(logit_rows) if logits else None
 
 
 def gaussian_stats(features: torch.Tensor):
@@ -1134,12 +1177,23 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, root1=None) -> float:
     return (diff @ diff + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt).item()
 
 
+def fidelity_rng():
+    """torch-fidelity's random draws: numpy's generator seeded 2020."""
+    import numpy as np
+
+    return np.random.RandomState(FIDELITY_SEED)
+
+
 def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
-    """IS = exp(E_x KL(p(y|x) || p(y))) on each of `splits` parts in order: (mean, std)."""
-    scores = []
-    for part in logits.double().chunk(splits):
-        log_p = torch.log_softmax(part, 1)  # log p(y|x), [n, K]
-        log_py = torch.logsumexp(log_p, 0) - math.log(len(part))  # log p(y), [K]
+    """IS = exp(E_x KL(p(y|x) || p(y))) on each of `splits` parts: (mean, std), as
+    torch-fidelity: the logits shuffled first (its seeded permutation, so that images in
+    data-set order are not split by class), part i rows i N // splits to (i + 1) N // splits."""
+    n, splits = len(logits), min(splits, len(logits))  # (a smoke test's few: one each)
+    order = torch.as_tensor(fidelity_rng().permutation(n), device=logits.device)
+    logits, scores = logits.double()[order], []
+    for i in range(splits):
+        log_p = torch.log_softmax(logits[i * n // splits:(i + 1) * n // splits], 1)  # [n_i, K]
+        log_py = torch.logsumexp(log_p, 0) - math.log(len(log_p))  # log p(y), [K]
         kl = (log_p.exp() * (log_p - log_py)).sum(1).mean()
         scores.append(kl.exp())
     scores = torch.stack(scores)
@@ -1148,7 +1202,9 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, batch: int = 1000):
     """Improved precision and recall (Kynkaanniemi et al. 2019): the fraction of fake
-    features inside the k-NN balls of the real ones, and of real inside the fake balls."""
+    features inside the k-NN balls of the real ones, and of real inside the fake balls. Both
+    depend on the set sizes, so they are computed on sets of equal size: the larger set is
+    cut to a random subset (torch-fidelity's generator) of the smaller's size."""
 
     def radii(x):  # distance of each point to its k-th nearest neighbour in its own set
         return torch.cat([torch.cdist(x[i:i + batch], x).kthvalue(k + 1, 1).values
@@ -1158,32 +1214,39 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, batch: 
         return torch.cat([(torch.cdist(points[i:i + batch], centres) <= centre_radii).any(1)
                           for i in range(0, len(points), batch)]).double().mean().item()
 
-    if min(len(real), len(fake)) <= k:  # no k-th neighbour: undefined (a smoke test)
+    n = min(len(real), len(fake))
+    if n <= k:  # no k-th neighbour: undefined (a smoke test)
         return None, None
+    real, fake = (x if len(x) == n else x[torch.as_tensor(
+        fidelity_rng().choice(len(x), n, replace=False), device=x.device)] for x in (real, fake))
     real, fake = real.float(), fake.float()
-    return covered(fake, real, radii(real)), covered(real, fake, radii(fake))
+    with exact_matmul():
+        return covered(fake, real, radii(real)), covered(real, fake, radii(fake))
 
 
 def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int,
-                              subset_size: int, seed: int):
+                              subset_size: int):
     """KID (Binkowski et al. 2018) as torch-fidelity computes it: on each of `subsets` random
-    pairs of subsets (m = subset_size images each, fewer when a set is smaller), the unbiased
-    MMD^2 with the kernel k(x, y) = (x . y / D + 1)^3 on the D-dim features:
+    pairs of subsets (m = subset_size images each, fewer when a set is smaller; torch-fidelity's
+    draws: the generated images' subset, then the reference's, each without replacement), the
+    unbiased MMD^2 with the kernel k(x, y) = (x . y / D + 1)^3 on the D-dim features:
         (sum_{i != j} k(x_i, x_j) + sum_{i != j} k(y_i, y_j)) / (m (m - 1))
         - 2 sum_{i, j} k(x_i, y_j) / m^2.
-    Returns (mean, std) over the subsets; None, None with fewer than 2 images in a set."""
+    Returns (mean, std) over the subsets; the std is None where every subset is the whole of
+    both sets (then there is no spread to show); None, None with fewer than 2 images."""
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         return None, None
-    g = torch.Generator().manual_seed(seed)
+    rng = fidelity_rng()
     real, fake = real.double(), fake.double()
     kernel = lambda a, b: (a @ b.T / real.shape[1] + 1) ** 3  # noqa: E731
     values = []
     for _ in range(subsets):
-        x = real[torch.randperm(len(real), generator=g)[:m].to(real.device)]
-        y = fake[torch.randperm(len(fake), generator=g)[:m].to(fake.device)]
+        y = fake[torch.as_tensor(rng.choice(len(fake), m, replace=False), device=fake.device)]
+        x = real[torch.as_tensor(rng.choice(len(real), m, replace=False), device=real.device)]
         k_xx, k_yy = kernel(x, x), kernel(y, y)
         within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum())
         values.append(within / (m * (m - 1)) - 2 * kernel(x, y).sum() / m ** 2)
     values = torch.stack(values)
-    return values.mean().item(), values.std(unbiased=False).item()
+    whole = m == len(real) == len(fake)
+    return values.mean().item(), None if whole else values.std(unbiased=False).item()

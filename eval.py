@@ -1,4 +1,6 @@
-"""Evaluate runs: FID, KID, IS and precision / recall of every sampler, as one table.
+"""Evaluate runs: FID, KID, IS and precision / recall of every sampler, as one table,
+against the whole reference split; precision / recall on Inception pool3 features, not
+Kynkaanniemi et al.'s VGG16 ones (the protocol and its departures: after the options).
 
     python eval.py RUN_DIR                       # 10,000 samples per sampler, test reference
     python eval.py runs/dae-* runs/rae-* --json table.json     # one table for many runs
@@ -8,53 +10,77 @@
     python eval.py --fid DIR_A DIR_B             # FID of two image folders (or .npz stats)
 
 One protocol for every method, so that the columns of the papers' tables can be compared:
+  - Reference: the whole split (--ref test: CIFAR-10's 10,000 test images, as Daly et al. and
+    Ghosh et al.; --ref train: the training set, as Maeda's Table 1 also reports), as
+    pytorch-fid's statistics of a folder are of all its images; --ref-size N takes a seeded
+    random N of them instead. FID moves with the reference's size (one distribution against
+    10k and 50k reference images: 39.0 and 21.8), so a paper's figure is printed beside ours
+    only when the samples and the reference are the paper's too (PAPER_SAMPLES of the
+    method file, the whole split).
   - Generation: for each sampler the run offers (N(0, I), MVG, GMM and the method's own),
     --num-samples images drawn in one call from --seed and decoded on the device (so they
-    do not depend on --batch-size); for methods with an encoder also
-    REC (reconstructions of test images) and Interp (decoded midpoints of the codes of random
-    test pairs). Each image is quantised to 8 bits, as a PNG would be. A paper's REC or
-    Interp is printed beside ours only where it, too, is of test images: Daly et al.'s Test
-    R and Ghose et al.'s Reconstruction are; the RAE paper's REC and Interp are of its
-    validation images, mostly training images (rae.py), and are not printed.
-  - Features: pytorch-fid's FID Inception (the 2015-12-05 TF weights), bilinear resize to
-    299, fp32 with TF32 off; pool3 (2048-d) for FID and precision / recall, pool3 times the
-    fc weight (no bias) for IS, as torch-fidelity.
-  - FID against the reference split's statistics (--ref test: CIFAR-10's 10,000 test images,
-    as Daly et al. and Ghosh et al.; --ref train: the training set, as Maeda's Table 1 also
-    reports), computed with symmetric eigendecompositions in float64. Reference statistics are
-    cached as DATA_ROOT/fid-stats/*.npz holding `mu` and `sigma` (pytorch-fid's format; check
-    them with `python -m pytorch_fid FILE.npz OTHER`) and the features; the file name holds
-    hashes of the reference images and of the Inception weights file, so statistics made with
-    other weights (the tests' random ones, say) or other data are never read.
+    do not depend on --batch-size); for methods with an encoder also REC (reconstructions of
+    the reference images themselves) and Interp (decoded midpoints of the codes of
+    --num-samples random pairs of reference images). Each image is quantised to 8 bits, as
+    a PNG would be. A paper's REC or Interp is printed beside ours only where it, too, is of
+    test images: Daly et al.'s Test R and Ghose et al.'s Reconstruction are; the RAE paper's
+    REC and Interp are of its validation images, mostly training images (rae.py), and are
+    not printed.
+  - Features: pytorch-fid's FID Inception (the 2015-12-05 TF weights), fp32 with TF32 off. FID,
+    KID and precision / recall use its pool3 features through pytorch-fid's input path
+    (PyTorch's bilinear resize to 299), as Maeda computed FID; IS uses its logits (pool3
+    times the fc weight, no bias) through torch-fidelity's input path (8-bit values,
+    TensorFlow 1's bilinear resize, (x - 128) / 128), as Maeda computed IS.
+  - FID against the reference's statistics, computed with symmetric eigendecompositions in
+    float64. Reference statistics are cached as DATA_ROOT/fid-stats/*.npz holding `mu` and
+    `sigma` (pytorch-fid's format; check them with `python -m pytorch_fid FILE.npz OTHER`)
+    and the features; the file name holds hashes of the reference images and of the
+    Inception weights file, so statistics made with other weights (the tests' random ones,
+    say) or other data are never read; an unreadable file is computed again. FID is biased
+    at every sample size (it falls as n grows); below 2048 samples (the feature dimension)
+    the covariance is singular, and the table marks such rows as smoke tests.
   - KID as torch-fidelity: unbiased MMD^2 with the cubic polynomial kernel on the pool3
-    features, mean and std over 100 random subsets of 1,000 (fewer when there are fewer),
-    shown x 1000. Unbiased, so it stays meaningful for small smoke-test runs.
-  - IS over 10 splits in order (mean and std); improved precision / recall with k = 3.
+    features, mean and std over 100 random subsets of 1,000 (fewer when there are fewer; no
+    std where a subset is all of both sets), drawn as torch-fidelity draws them (numpy,
+    seed 2020), shown x 1000. Unbiased, so it stays meaningful for small smoke-test runs.
+  - IS as torch-fidelity: 10 splits of the logits after its seeded shuffle (images in data-set
+    order would give splits of one class), split i the rows i N // 10 to (i + 1) N // 10.
+  - Precision / recall (Kynkaanniemi et al., k = 3) on the Inception pool3 features, on sets
+    of equal size (the larger cut to a seeded random subset). Kynkaanniemi et al. and
+    torch-fidelity use VGG16 fc2 features of 224-pixel images: the table's columns say
+    "pool3", and their figures are not those papers' (nor the RAE paper's PRD curves).
   - A run's figures are kept in its metrics.json with what they were computed from (the
     checkpoint's hash, the reference statistics' name, which holds the data's and the
-    weights' hashes, samples, seed, KID subsets); a later call with the same request reads
-    them instead of computing again, and any change computes afresh.
+    weights' hashes, samples, seed, KID subsets, and a hash of the metric code itself); a
+    later call with the same request reads them instead of computing again, and any change,
+    a corrected metric included, computes afresh.
   - --parzen: Yoo et al.'s Table 2 (after Goodfellow et al.): a Gaussian kernel density on
     --parzen-samples generated images, its width chosen from 0.10, 0.11, .., 0.29 (the
-    official MNIST grid) on held-out training images (the run's --holdout; where it has none,
-    the last tenth of training, at most 10,000, which the model has seen), mean
-    log-likelihood of the test images (at most 10,000) +- standard error; MNIST's border
-    padding is cut off first, as the paper's images are 28x28. For runs with an encoder also
-    each sampler's mean negative log-likelihood of those test images' codes, nats per code.
-Figures from fewer than 2048 samples (the feature dimension) are biased and the table marks
-them as smoke tests. None of the papers ships its evaluation code; the reference
-implementations used TensorFlow's Inception, whose resize differs slightly from this one.
+    official MNIST grid; where the best is at its edge, the grid goes on past it in steps of
+    0.01 until the best lies inside, and the table says "widened") on images the run
+    never trained on: its --holdout images where it has them (the IAE on MNIST), else a
+    seeded random half of the test images, the other half then scored. Mean log-likelihood
+    of the test images (at most 10,000) +- standard error; MNIST's border padding is cut off
+    first, as the paper's images are 28x28. For runs with an encoder also each sampler's
+    mean negative log-likelihood of the scored test images' codes, nats per code.
+The papers' own evaluation code: the RAE repository ships its TensorFlow FID and PRD code,
+the IAE repository its Parzen scripts, and Maeda names his tools (pytorch-fid for FID,
+torch-fidelity for IS), whose input paths are the ones above; Daly et al. and Ghose et al.
+computed FID with TensorFlow's Inception, whose resize differs slightly from pytorch-fid's.
 
 Each method file exposes the functions this file calls: load_run(run_dir, device) ->
 common.Run, sample(run, n, sampler, seed), and where it has an encoder, encode(run, x) and
-decode(run, z); paper_fid(args, ref) gives the paper's figures to print beside ours,
-paper_parzen(args, samples) the Parzen one.
+decode(run, z); paper_fid(args, ref) gives the paper's figures to print beside ours (for
+PAPER_SAMPLES samples), paper_parzen(args, samples) the Parzen one.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,14 +95,16 @@ from common import arg
 class Args:
     runs: list[str] = arg([], "run folders to evaluate, one table for all (runs/* works)",
                           positional=True)
-    num_samples: int = arg(10000, "generated images per sampler (and REC / Interp)", low=2)
+    num_samples: int = arg(10000, "generated images per sampler (and Interp pairs)", low=2)
     ref: str = arg("test", "reference split for FID, KID and precision / recall",
                    choices=("test", "train"))
+    ref_size: int = arg(0, "reference images: 0, the whole split; N, a seeded random N of it",
+                        low=0)
     samplers: list[str] = arg([], "samplers to evaluate; [] means all the run offers")
     data_root: str = arg("", "data folder of the reference images; empty: the run's own")
     batch_size: int = arg(250, "images per generation / Inception batch", low=1)
     device: str = arg("auto", "auto (cuda if available), cpu, cuda, cuda:N")
-    seed: int = arg(0, "seed of the samples, the test pairs and the KID subsets")
+    seed: int = arg(0, "seed of the samples and of the Interp pairs")
     kid_subsets: int = arg(100, "KID: random subsets averaged", low=1)
     kid_subset_size: int = arg(1000, "KID: images per subset (fewer if fewer)", low=2)
     save_samples: str = arg("", "also write the generated images as PNG files here")
@@ -86,33 +114,50 @@ class Args:
     fid: list[str] = arg([], "two image folders or .npz files: print their FID and stop")
 
 
-# -- Reference statistics: one cached .npz per (data set, split, size, n) ----------------
-def reference(net, run_args: dict, data_root: str, split: str, n: int, batch_size: int):
-    """Features, mean and covariance of n reference images (a seeded random subset when
-    the split holds more), cached next to the data under a name that holds a hash of the
-    images, of the Inception weights and the feature protocol: a cache made with other
-    weights or other data is never read."""
-    dataset, size, crop = run_args["dataset"], run_args["image_size"], run_args["crop"]
-    images = common.load_images(dataset, data_root, split, size, crop)
-    # n of them, a seeded random choice (all of them, in a seeded order, when there are fewer)
-    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]]
+def write_atomically(path: Path, write):
+    """write(file) into a temporary file beside `path`, then renamed: a kill mid-write, or
+    two evaluations at once, never leave a half file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- Reference statistics: one cached .npz per (data set, split, images, weights) --------
+def reference(net, run_args: dict, data_root: str, split: str, size: int, batch_size: int):
+    """The reference images (uint8, CPU: the whole split, or a seeded random `size` of it)
+    with their features, mean and covariance, cached next to the data under a name that
+    holds a hash of the images, of the Inception weights and the feature protocol: a cache
+    made with other weights or other data is never read."""
+    dataset, image_size, crop = run_args["dataset"], run_args["image_size"], run_args["crop"]
+    images = common.load_images(dataset, data_root, split, image_size, crop)
+    whole = not size or size >= len(images)
+    if not whole:
+        images = images[torch.randperm(len(images),
+                                       generator=torch.Generator().manual_seed(0))[:size]]
     data_digest = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
     cache = (Path(data_root or ".") / "fid-stats" /
              f"{dataset}-{split}-n{len(images)}-data{data_digest}-"
              f"inception{net.weights_digest}-{common.FEATURE_PROTOCOL}.npz")
     device = net.fc_weight.device
-    if cache.exists():
+    ref = {"name": cache.name, "images": images, "whole": whole}
+    try:
         with np.load(cache) as stored:
-            return {"name": cache.name, **{k: torch.from_numpy(stored[k]).to(device)
-                                           for k in ("features", "mu", "sigma")}}
+            return {**ref, **{k: torch.from_numpy(stored[k]).to(device)
+                              for k in ("features", "mu", "sigma")}}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, or cut
+        pass
     features, _ = common.inception_outputs(
         net, (x.float() / 255 for x in images.split(batch_size)),
-        total=math.ceil(len(images) / batch_size), desc=f"reference {split}")
+        total=math.ceil(len(images) / batch_size), desc=f"reference {split}", logits=False)
     mu, sigma = common.gaussian_stats(features)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, mu=mu.cpu().numpy(), sigma=sigma.cpu().numpy(),
-             features=features.float().cpu().numpy())
-    return {"name": cache.name, "features": features, "mu": mu, "sigma": sigma}
+    write_atomically(cache, lambda f: np.savez(f, mu=mu.cpu().numpy(), sigma=sigma.cpu().numpy(),
+                                               features=features.float().cpu().numpy()))
+    return {**ref, "features": features, "mu": mu, "sigma": sigma}
 
 
 # -- Image sources: samplers, reconstructions, interpolations (all in batches, [0, 1]) ---
@@ -129,28 +174,31 @@ def generated(method, run, sampler: str, n: int, args: Args, save_dir: Path | No
         yield batch
 
 
-def reconstructed(method, run, test: torch.Tensor, batch_size: int):
-    for x in test.split(batch_size):
+def reconstructed(method, run, images: torch.Tensor, batch_size: int):
+    """D(E(x)) of every image (uint8 [N, C, H, W]), in batches."""
+    for x in images.split(batch_size):
         yield method.decode(run, method.encode(run, x.float() / 255))
 
 
-def interpolated(method, run, test: torch.Tensor, n: int, args: Args):
-    """Decoded midpoints of the codes of n random pairs of test images."""
+def interpolated(method, run, images: torch.Tensor, n: int, args: Args):
+    """Decoded midpoints of the codes of n random pairs of the images (uint8)."""
     g = torch.Generator().manual_seed(args.seed)
-    pairs = torch.randint(len(test), (n, 2), generator=g)
+    pairs = torch.randint(len(images), (n, 2), generator=g)
     for index in pairs.split(args.batch_size):
-        codes = method.encode(run, test[index.flatten()].float() / 255)  # [2B, d]
+        codes = method.encode(run, images[index.flatten()].float() / 255)  # [2B, d]
         yield method.decode(run, (codes[0::2] + codes[1::2]) / 2)
 
 
 # -- The table ---------------------------------------------------------------------------
 def score(net, batches, ref: dict, args: Args, desc: str = "", total: int = 0) -> dict:
+    """Every metric of one column: its images' pool3 features against the reference's (FID,
+    KID, precision / recall, in that order: reference first), IS of its logits."""
     features, logits = common.inception_outputs(net, batches, total=total, desc=desc)
     mu, sigma = common.gaussian_stats(features)
     is_mean, is_std = common.inception_score(logits)
     precision, recall = common.precision_recall(ref["features"], features)
     kid_mean, kid_std = common.kernel_inception_distance(
-        ref["features"], features, args.kid_subsets, args.kid_subset_size, args.seed)
+        ref["features"], features, args.kid_subsets, args.kid_subset_size)
     fid = common.frechet_distance(ref["mu"], ref["sigma"], mu, sigma, ref["root"])
     return {"fid": fid, "n": len(features), "kid_mean": kid_mean, "kid_std": kid_std,
             "is_mean": is_mean, "is_std": is_std, "precision": precision, "recall": recall}
@@ -158,9 +206,31 @@ def score(net, batches, ref: dict, args: Args, desc: str = "", total: int = 0) -
 
 def smoke_test(columns: dict, ref: dict) -> bool:
     """Fewer generated or reference images than the feature dimension (2048): singular
-    covariances, biased FID and precision / recall; fine for a smoke test only."""
+    covariances; fine for a smoke test only."""
     fewest = min(len(ref["features"]), *(c["n"] for c in columns.values()))
     return fewest < ref["features"].shape[1]
+
+
+def metric_code() -> str:
+    """A hash of the code every figure comes from: a corrected metric never reads old ones."""
+    parts = (common.Inception, common.tf1_bilinear, common.inception_outputs,
+             common.gaussian_stats, common.psd_sqrt, common.frechet_distance,
+             common.fidelity_rng, common.inception_score, common.precision_recall,
+             common.kernel_inception_distance, reference, generated, reconstructed,
+             interpolated, score)
+    text = "".join(inspect.getsource(p) for p in parts) + common.FEATURE_PROTOCOL
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+METRIC_CODE = metric_code()  # part of every stored figure's request
+
+
+def read_json(path: Path):
+    """A JSON file's content, or None where it is missing or unreadable (a half write)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def evaluate(run_dir: str, args: Args, net=None) -> dict:
@@ -175,25 +245,24 @@ def evaluate(run_dir: str, args: Args, net=None) -> dict:
                                f"{', '.join(run.samplers) or 'none (training did not finish)'}")
     data_root = args.data_root or run.args["data_root"]
     net = net or common.Inception().to(device)
-    ref = reference(net, run.args, data_root, args.ref, args.num_samples, args.batch_size)
+    ref = reference(net, run.args, data_root, args.ref, args.ref_size, args.batch_size)
     n, encoder = args.num_samples, hasattr(method, "encode")
     request = {"checkpoint": common.file_digest(Path(run_dir) / common.CHECKPOINT),
                "reference": ref["name"], "num_samples": n, "seed": args.seed,
-               "kid": [args.kid_subsets, args.kid_subset_size]}
+               "kid": [args.kid_subsets, args.kid_subset_size], "code": METRIC_CODE}
     wanted = (["rec"] if encoder else []) + samplers + (["interp"] if encoder else [])
     stored = Path(run_dir) / "metrics.json"
-    if stored.is_file():
-        old = json.loads(stored.read_text())
-        if old.get("request") == request and set(wanted) <= set(old["columns"]):
-            print(f"{run_dir}: figures read from its metrics.json (same request)")
-            return {**old, "columns": {c: old["columns"][c] for c in wanted}}
+    old = read_json(stored) or {}
+    if old.get("request") == request and set(wanted) <= set(old.get("columns", {})):
+        print(f"{run_dir}: figures read from its metrics.json (same request)")
+        return {**old, "columns": {c: old["columns"][c] for c in wanted},
+                "paper_fid": paper_figures(method, run.args, args, ref)}
     ref["root"] = common.psd_sqrt(ref["sigma"])  # once for every column
     columns = {}
-    if encoder:
-        test = common.load_images(run.args["dataset"], data_root, "test", run.args["image_size"],
-                                  run.args["crop"])[:n].to(device)
-        columns["rec"] = score(net, reconstructed(method, run, test, args.batch_size), ref, args,
-                               desc="REC", total=math.ceil(len(test) / args.batch_size))
+    if encoder:  # the reference images themselves, reconstructed
+        columns["rec"] = score(net, reconstructed(method, run, ref["images"].to(device),
+                                                  args.batch_size), ref, args, desc="REC",
+                               total=math.ceil(len(ref["images"]) / args.batch_size))
     for sampler in samplers:
         save_dir = Path(args.save_samples) / sampler if args.save_samples else None
         if save_dir is not None:
@@ -201,15 +270,23 @@ def evaluate(run_dir: str, args: Args, net=None) -> dict:
         columns[sampler] = score(net, generated(method, run, sampler, n, args, save_dir), ref,
                                  args, desc=sampler, total=math.ceil(n / args.batch_size))
     if encoder:
-        columns["interp"] = score(net, interpolated(method, run, test, n, args), ref, args,
-                                  desc="Interp", total=math.ceil(n / args.batch_size))
-    paper = method.paper_fid(run.args, args.ref) if hasattr(method, "paper_fid") else {}
-    smoke = smoke_test(columns, ref)
-    metrics = {"method": method.__name__, "ref": args.ref, "num_samples": n, "smoke_test": smoke,
-               "reference_images": len(ref["features"]), "columns": columns,
-               "paper_fid": paper, "request": request, "provenance": common.provenance(device)}
-    stored.write_text(json.dumps(metrics, indent=2))
-    return metrics
+        columns["interp"] = score(net, interpolated(method, run, ref["images"].to(device), n,
+                                                    args), ref, args, desc="Interp",
+                                  total=math.ceil(n / args.batch_size))
+    metrics = {"method": method.__name__, "ref": args.ref, "num_samples": n,
+               "smoke_test": smoke_test(columns, ref), "reference_images": len(ref["features"]),
+               "columns": columns, "request": request, "provenance": common.provenance(device)}
+    write_atomically(stored, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    return {**metrics, "paper_fid": paper_figures(method, run.args, args, ref)}
+
+
+def paper_figures(method, run_args: dict, args: Args, ref: dict) -> dict:
+    """The paper's figures for this run (the method file's paper_fid: only for the paper's
+    setting), only when the samples and the reference are the paper's as well; never
+    stored, so that a corrected figure is printed at once."""
+    protocol = args.num_samples == getattr(method, "PAPER_SAMPLES", None) and ref["whole"]
+    return method.paper_fid(run_args, args.ref) if protocol and hasattr(method, "paper_fid") \
+        else {}
 
 
 # ----------------------------------------------------------------------------------------
@@ -233,12 +310,39 @@ def parzen_log_likelihood(samples, points, sigmas, batch_size: int = 200) -> tor
     return torch.cat(rows, dim=1)  # [W, N]
 
 
-def parzen_validation(train_images: torch.Tensor, holdout: int) -> torch.Tensor:
-    """Where the width is chosen: the run's held-out training images, or, where it held
-    none out, the last tenth of its training images (at most 10,000), which it has seen."""
+def parzen_split(train: torch.Tensor, test: torch.Tensor, holdout: int, seed: int):
+    """(images that choose the width, images scored, where the width was chosen): the run's
+    held-out training images and the test images (at most 10,000); where the run held none
+    out, a seeded random half of the test images and the other half, so that the width is
+    never chosen on images the model trained on."""
     if holdout:
-        return train_images[len(train_images) - holdout:]
-    return train_images[len(train_images) - min(10000, len(train_images) // 10):]
+        return train[len(train) - holdout:], test[:10000], "held-out training images"
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    half = min(len(test) // 2, 10000)
+    return (test[order[half:2 * half]], test[order[:half]],
+            "a random half of the test images (the other half scored)")
+
+
+def parzen_width(samples: torch.Tensor, valid: torch.Tensor) -> tuple[float, bool]:
+    """The width of PARZEN_SIGMAS with the highest mean log-likelihood of `valid`; where that
+    is the grid's first or last, the grid goes on past that edge by 0.01, ten widths at a
+    time, until the best lies inside it. Returns (width, whether the grid was widened)."""
+    sigmas = [round(s, 2) for s in PARZEN_SIGMAS.tolist()]
+    scores = parzen_log_likelihood(samples, valid, sigmas).mean(1).tolist()
+    best = max(range(len(sigmas)), key=scores.__getitem__)
+    widened = False
+    while best in (0, len(sigmas) - 1):
+        step = -0.01 if best == 0 else 0.01
+        more = [w for w in (round(sigmas[best] + step * k, 2) for k in range(1, 11)) if w > 0]
+        if not more:  # 0.01, the narrowest
+            break
+        found = parzen_log_likelihood(samples, valid, more).mean(1).tolist()
+        if step < 0:
+            sigmas, scores = more[::-1] + sigmas, found[::-1] + scores
+        else:
+            sigmas, scores = sigmas + more, scores + found
+        best, widened = max(range(len(sigmas)), key=scores.__getitem__), True
+    return sigmas[best], widened
 
 
 def parzen_points(images: torch.Tensor, dataset: str) -> torch.Tensor:
@@ -249,30 +353,32 @@ def parzen_points(images: torch.Tensor, dataset: str) -> torch.Tensor:
 
 
 def parzen(run_dir: str, args: Args) -> dict:
-    """The Parzen protocol for every sampler of a run: width by validation, test mean +- s.e.;
-    with an encoder also each sampler's own NLL of the test images' codes."""
+    """The Parzen protocol for every sampler of a run: width by validation on images the run
+    never trained on, mean +- s.e. on the test images scored; with an encoder also each
+    sampler's own NLL of those images' codes."""
     method, device = common.method_of(run_dir), common.pick_device(args.device)
     run = method.load_run(run_dir, device)
     a, root = run.args, args.data_root or run.args["data_root"]
     load = lambda split: common.load_images(a["dataset"], root, split, a["image_size"],  # noqa
                                             a["crop"])  # uint8
-    train, test = load("train"), load("test")[:10000]
-    valid = parzen_points(parzen_validation(train, a.get("holdout", 0)) / 255, a["dataset"])
+    valid, test, chosen_on = parzen_split(load("train"), load("test"), a.get("holdout", 0),
+                                          args.seed)
     codes = (common.encode_all(lambda x: method.encode(run, x), test.to(device))  # [N, d]
              if hasattr(method, "encode") else None)
-    test = parzen_points(test / 255, a["dataset"])
+    valid, test = (parzen_points(x / 255, a["dataset"]) for x in (valid, test))
     columns, n = {}, args.parzen_samples
     for name in args.samplers or run.samplers:
         samples = parzen_points(method.sample(run, n, name, args.seed), a["dataset"])  # [n, D]
-        best = parzen_log_likelihood(samples, valid, PARZEN_SIGMAS).mean(1).argmax()
-        (ll,) = parzen_log_likelihood(samples, test, PARZEN_SIGMAS[best, None])  # [N]
-        columns[name] = {"log_likelihood": ll.mean().item(), "sigma": PARZEN_SIGMAS[best].item(),
+        sigma, widened = parzen_width(samples, valid)
+        (ll,) = parzen_log_likelihood(samples, test, [sigma])  # [N]
+        columns[name] = {"log_likelihood": ll.mean().item(), "sigma": sigma, "widened": widened,
                          "standard_error": (ll.std() / math.sqrt(len(ll))).item()}
         if codes is not None:  # nats per code, the density this sampler draws codes from
             columns[name]["code_nll"] = -run.samplers[name].log_prob(codes).mean().item()
     paper = method.paper_parzen(a, n) if hasattr(method, "paper_parzen") else ""
-    common.log_epoch(Path(run_dir), {"parzen": columns, "samples": n})
-    return {"method": method.__name__, "columns": columns, "paper": paper}
+    common.log_epoch(Path(run_dir), {"parzen": columns, "samples": n, "width_on": chosen_on})
+    return {"method": method.__name__, "columns": columns, "paper": paper,
+            "width_on": chosen_on, "scored": len(test)}
 
 
 # -- The table: a row per run and column -------------------------------------------------
@@ -288,10 +394,10 @@ def label(column: str) -> str:
 
 
 def table(results: dict) -> str:
-    """Markdown: one row per (run, column); the paper's FID where the run's setting is the
-    paper's, '-' elsewhere."""
-    rows = ["| run | method | column | FID | paper FID | KID x 10^3 | IS | precision | recall |",
-            "|---" * 9 + "|"]
+    """Markdown: one row per (run, column); the paper's FID where the run's setting and the
+    protocol are the paper's, '-' elsewhere."""
+    rows = ["| run | method | column | FID | paper FID | KID x 10^3 | IS | precision (pool3) "
+            "| recall (pool3) |", "|---" * 9 + "|"]
     for run_dir, m in results.items():
         for column, c in m["columns"].items():
             kid = [None if v is None else 1000 * v for v in (c["kid_mean"], c["kid_std"])]
@@ -300,31 +406,39 @@ def table(results: dict) -> str:
                         f"{cell(kid[0], '.2f', kid[1])} | {cell(c['is_mean'], '.2f', c['is_std'])}"
                         f" | {cell(c['precision'], '.3f')} | {cell(c['recall'], '.3f')} |")
     if any(m["smoke_test"] for m in results.values()):
-        rows.append("\nfewer than 2048 samples or reference images in some rows: biased FID "
-                    "and precision / recall, for smoke tests only (KID is unbiased)")
+        rows.append("\nfewer than 2048 samples or reference images in some rows: singular "
+                    "covariances, for smoke tests only (KID is unbiased)")
     return "\n".join(rows)
 
 
 def parzen_table(results: dict) -> str:
-    rows = ["| run | method | sampler | log-likelihood (nats) | sigma | paper | test-code NLL |",
-            "|---" * 7 + "|"]
+    rows = ["| run | method | sampler | log-likelihood (nats) | sigma | width chosen on | paper "
+            "| test-code NLL |", "|---" * 8 + "|"]
     for run_dir, m in results.items():
         for name, c in m["columns"].items():
             paper = m["paper"] if name == "lde" else ""
+            sigma = f"{c['sigma']:.2f}" + (" (grid widened)" if c["widened"] else "")
             rows.append(f"| {Path(run_dir).name} | {m['method']} | {label(name)} | "
-                        f"{c['log_likelihood']:.1f} ± {c['standard_error']:.1f} | "
-                        f"{c['sigma']:.2f} | {paper or '-'} | {cell(c.get('code_nll'), '.2f')} |")
+                        f"{c['log_likelihood']:.1f} ± {c['standard_error']:.1f} | {sigma} | "
+                        f"{m['width_on']} | {paper or '-'} | {cell(c.get('code_nll'), '.2f')} |")
     return "\n".join(rows)
 
 
 # -- --fid DIR_A DIR_B: a drop-in cross-check of pytorch-fid's command line --------------
+FID_SUFFIXES = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
+
+
 def folder_stats(net, path: str, batch_size: int):
     if path.endswith(".npz"):
         with np.load(path) as stored:
             return torch.from_numpy(stored["mu"]), torch.from_numpy(stored["sigma"])
     from PIL import Image
 
-    files = common._image_files(Path(path))
+    # pytorch-fid's choice of files: the folder's top level, these suffixes, sorted
+    files = sorted(f for suffix in FID_SUFFIXES for f in Path(path).glob(f"*.{suffix}"))
+    if not files:
+        raise common.UserError(f"{path} holds no images at its top level "
+                               f"({', '.join(FID_SUFFIXES)})")
 
     def batches():
         for start in range(0, len(files), batch_size):
@@ -337,7 +451,7 @@ def folder_stats(net, path: str, batch_size: int):
             yield torch.stack(images).permute(0, 3, 1, 2).float() / 255
 
     features, _ = common.inception_outputs(net, batches(), desc=Path(path).name,
-                                           total=math.ceil(len(files) / batch_size))
+                                           total=math.ceil(len(files) / batch_size), logits=False)
     return common.gaussian_stats(features)
 
 
@@ -358,13 +472,15 @@ def main(args: Args, given: set):
     else:
         net = common.Inception().to(common.pick_device(args.device))
         results = {run: evaluate(run, args, net) for run in args.runs}
-        print(f"FID, KID and precision / recall against the {args.ref} split, "
-              f"{args.num_samples} samples per column\n")
+        ref = {m["reference_images"] for m in results.values()}
+        print(f"FID, KID and precision / recall against {' / '.join(map(str, sorted(ref)))} "
+              f"images of the {args.ref} split, {args.num_samples} samples per column "
+              f"(REC: the reference images)\n")
         print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
 
 
-if __name__ == "__main__":
-    common.cli(main, Args, __doc__)
+if __name__ == "__main__":  # --help ends with the protocol
+    common.cli(main, Args, __doc__, epilog=__doc__[__doc__.index("One protocol"):])

@@ -20,8 +20,9 @@ How:
      mutated ones; a table or an Args class rebuilt from the mutated source) and runs the
      tests that run the mutated statement (for a default: call its function), those that
      killed mutants of the same function first, then the fastest, stopping at the first failure
-     (pytest -x). A mutant still running after twice its tests' mapped time plus 20 s hangs
-     and counts as killed. The checkout is never written; tests run in temporary folders.
+     (pytest -x). A mutant whose current test has run three times that test's mapped time
+     plus 10 s hangs (or makes training far longer) and counts as killed. The checkout is
+     never written; tests run in temporary folders.
   4. A mutant no test fails survives, unless tests/equivalent.txt lists it with the reason
      it cannot change a result. The sweep exits 1 on any unlisted survivor, and names the
      entries of equivalent.txt that no longer match a mutant.
@@ -145,6 +146,16 @@ DISPLAY_CALLS = {"print", "warn", "set_postfix", "UserError", "ValueError", "mis
 DISPLAY_KEYWORDS = {"desc", "total", "leave", "mininterval", "progress", "verbose", "indent",
                     "set_to_none"}
 TIMING_KEYS = {"seconds", "images_per_sec"}
+# Calls never deleted as statements: what only reaches the screen (DISPLAY_CALLS too), and
+# the process group's own calls (test_distributed.py's domain).
+NOT_DELETED = {"set_postfix", "simplefilter", "end_processes", "__init__"}
+# Keywords that place a tensor on a device or in a memory layout: without them it is made
+# on the CPU, contiguous, as the sweep runs anyway (test_cuda.py runs them on a GPU).
+DEVICE_KEYWORDS = {"device", "memory_format"}
+# Settings fields that name a path or a device: replaced only by one another (their type,
+# str, would otherwise pair them with every string setting).
+PATH_FIELDS = {"data_root", "out_dir", "resume", "fit_lde", "finetune_from", "save_samples",
+               "json", "device", "runs", "fid"}
 # The progress bar's cadence, and the CUDA memory-layout branches (the same values on the CPU;
 # tests/test_cuda.py runs them on a GPU).
 UNTESTED_BRANCHES = {"step % 50 == 0", "device.type == 'cuda'", "x.is_cuda"}
@@ -171,6 +182,7 @@ class Mutant:
     occurrence: int = 1
     readers: tuple = ()  # a table's: the in-scope functions that read it
     lines: tuple = ()  # in a function's body: the lines of the statement that holds it
+    family: str = "operator"  # operator, argument, swap, name or statement (FAMILIES)
 
     @property
     def key(self) -> str:
@@ -181,6 +193,78 @@ class Mutant:
 def call_name(node) -> str:
     func = node.func
     return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def suffix(name: str) -> str:
+    return name.rstrip("_").split("_")[-1] if name.strip("_") else name
+
+
+def local_names(node: ast.FunctionDef) -> dict:
+    """{name: (line of its first binding, its kinds)} of a function's parameters (line 0)
+    and the names its body binds, nested functions, lambdas and comprehensions aside. A
+    name's kinds (KINDS): its suffix; its annotation; the function a single-name assignment
+    calls."""
+    names = {}
+
+    def bind(name: str, line: int, *kinds):
+        if name in ("self", "cls", "_"):
+            return
+        first, known = names.get(name, (line, set()))
+        names[name] = (min(first, line), known | {("suffix", suffix(name)), *kinds})
+
+    a = node.args
+    for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, *filter(None, [a.vararg, a.kwarg])]:
+        bind(p.arg, 0, *([("type", ast.unparse(p.annotation))] if p.annotation else []))
+
+    def walk(n):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef,
+                          ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            return
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            bind(n.id, n.lineno)
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
+            bind(n.target.id, n.lineno, ("type", ast.unparse(n.annotation)))
+        if (isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
+                and isinstance(n.value, ast.Call)):
+            bind(n.targets[0].id, n.lineno, ("call", ast.unparse(n.value.func)))
+        for child in ast.iter_child_nodes(n):
+            walk(child)
+
+    for statement in node.body:
+        walk(statement)
+    return names
+
+
+def dataclass_fields(file: str) -> dict:
+    """{variable name: {field: annotation}} for the settings objects a file's functions
+    read: `args` (the file's Args; in common.py the fields every method's Args has, with
+    the same type) and `training` (deciphering.py's Training)."""
+    def classes(path: Path) -> dict:
+        found = {}
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and any(
+                    "dataclass" in ast.unparse(d) for d in node.decorator_list):
+                found[node.name.lower()] = {
+                    i.target.id: "path" if i.target.id in PATH_FIELDS else ast.unparse(i.annotation)
+                    for i in node.body if isinstance(i, ast.AnnAssign)}
+        return found
+
+    if file != "common.py":
+        return classes(ROOT / file)
+    methods = [classes(ROOT / f).get("args", {}) for f in SCOPE if f not in ("common.py",
+                                                                              "eval.py")]
+    shared = {k: v for k, v in methods[0].items() if all(m.get(k) == v for m in methods)}
+    return {"args": shared}
+
+
+def string_keys(tree) -> dict:
+    """{container name: the string keys the file subscripts it with}."""
+    keys = {}
+    for n in ast.walk(tree):
+        if (isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name)
+                and isinstance(n.slice, ast.Constant) and isinstance(n.slice.value, str)):
+            keys.setdefault(n.value.id, set()).add(n.slice.value)
+    return keys
 
 
 class Generator(ast.NodeVisitor):
@@ -197,6 +281,10 @@ class Generator(ast.NodeVisitor):
                        if t.type in (tokenize.OP, tokenize.NAME)]
         self.mutants: list[Mutant] = []
         self.where, self.kind, self.statement = "", "", None
+        self.module = importlib.import_module(file[:-3])  # to read the callees' signatures
+        self.fields = dataclass_fields(file)  # {"args": {field: type}, "training": ...}
+        self.keys = string_keys(ast.parse(self.text))  # {container name: keys read or set}
+        self.scope, self.nested = {}, []  # the function's names; names of nested scopes
 
     # positions: ast gives UTF-8 byte columns, tokenize character columns
     def offset(self, line: int, byte_col: int) -> int:
@@ -221,7 +309,7 @@ class Generator(ast.NodeVisitor):
                     inside[i + len(parts) - 1].end)
         raise ValueError(f"{self.file}: no {word!r} between offsets {start} and {end}")
 
-    def add(self, start: int, end: int, new: str):
+    def add(self, start: int, end: int, new: str, family: str = "operator"):
         first = self.text.rfind("\n", 0, start) + 1
         last = self.text.find("\n", end)
         line = self.text[first:last]
@@ -230,8 +318,12 @@ class Generator(ast.NodeVisitor):
             mutated = f"(decorator removed) {line.strip()}"
         lines = (tuple(range(self.statement.lineno, self.statement.end_lineno + 1))
                  if self.statement is not None else ())
+        flat = lambda text: " ".join(part.strip() for part in text.splitlines())  # noqa: E731
         self.mutants.append(Mutant(self.file, self.where, self.kind, start, end, new,
-                                   line.strip(), mutated.strip(), lines=lines))
+                                   flat(line), flat(mutated), lines=lines, family=family))
+
+    def source(self, node) -> str:
+        return self.text[slice(*self.span(node))]
 
     def visit(self, node):
         """Keeps the innermost statement of a function's body in self.statement."""
@@ -239,6 +331,7 @@ class Generator(ast.NodeVisitor):
             return super().visit(node)
         outer, self.statement = self.statement, node
         try:
+            self.delete(node)
             return super().visit(node)
         finally:
             self.statement = outer
@@ -258,6 +351,7 @@ class Generator(ast.NodeVisitor):
                             self.function(item, f"{node.name}.{item.name}")
             elif self.assigned(node) & self.names:
                 self.where, self.kind = ", ".join(sorted(self.assigned(node))), "table"
+                self.scope = {}
                 self.visit(node)
         readers = {}  # table name -> functions of this file that read it
         for node in tree.body:
@@ -290,6 +384,7 @@ class Generator(ast.NodeVisitor):
 
     def function(self, node: ast.FunctionDef, qualname: str):
         self.where, self.kind, self.statement = qualname, "function", None
+        self.scope = local_names(node)
         for decorator in node.decorator_list:
             if isinstance(decorator, ast.Call) and call_name(decorator) == "no_grad":
                 self.add(*self.span(decorator), NO_DECORATOR)
@@ -305,7 +400,7 @@ class Generator(ast.NodeVisitor):
 
     def args_class(self, node: ast.ClassDef):
         """Args: the default of every field (the first argument of `arg`)."""
-        self.where, self.kind = "Args", "class"
+        self.where, self.kind, self.scope = "Args", "class", {}
         for item in node.body:
             if not (isinstance(item, ast.AnnAssign) and isinstance(item.value, ast.Call)):
                 continue
@@ -339,6 +434,9 @@ class Generator(ast.NodeVisitor):
                 self.add(end - len(name) - 2, end - 2, "eval" if name == "train" else "train")
             elif name == "no_grad":
                 self.add(start, end, NULL_CONTEXT)
+        if self.kind == "function":
+            self.remove_arguments(node)
+            self.swap_arguments(node)
         self.visit(node.func)
         for a in node.args:
             self.visit(a)
@@ -412,6 +510,152 @@ class Generator(ast.NodeVisitor):
             return
         for v in new:
             self.add(*self.span(node), repr(v))
+
+    # arguments, names and statements (the wiring): what a call gets, or loses
+    def signature(self, call: ast.Call):
+        """The callee's signature where the call names a module-level object (a function or
+        class of the project, torch's Python functions and modules); None otherwise."""
+        names = call.func
+        while isinstance(names, ast.Attribute):
+            names = names.value
+        if not isinstance(names, ast.Name) or names.id in self.scope:
+            return None
+        try:
+            return inspect.signature(eval(ast.unparse(call.func), vars(self.module)))
+        except Exception:  # noqa: BLE001 (a builtin without a signature, a local object)
+            return None
+
+    def remove_arguments(self, node: ast.Call):
+        """Each keyword argument dropped, and the last positional one where the callee gives
+        it a default: the callee's default then applies silently."""
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            return
+        items = sorted([*node.args, *[k for k in node.keywords if k.arg is not None]],
+                       key=lambda n: self.span(n)[0])
+        removable = [k for k in node.keywords
+                     if k.arg not in (None, *DISPLAY_KEYWORDS, *DEVICE_KEYWORDS)]
+        signature = self.signature(node) if node.args else None
+        if signature is not None:
+            parameters = [p for p in signature.parameters.values()
+                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            last = len(node.args) - 1
+            if last < len(parameters) and parameters[last].default is not inspect.Parameter.empty:
+                removable.append(node.args[last])
+        for item in removable:
+            j = items.index(item)
+            if j > 0:
+                start, end = self.span(items[j - 1])[1], self.span(item)[1]
+            elif len(items) > 1:
+                start, end = self.span(item)[0], self.span(items[1])[0]
+            else:
+                start, end = self.span(item)
+            self.add(start, end, "", "argument")
+
+    def kinds(self, node) -> set:
+        """What a value is, for the rule of "the same kind" (KINDS)."""
+        if isinstance(node, ast.Name) and node.id in self.scope:
+            return self.scope[node.id][1]
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.attr in self.fields.get(node.value.id, {})):
+            return {("type", self.fields[node.value.id][node.attr])}
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return {("type", type(node.value).__name__)}
+        return set()
+
+    def swap_arguments(self, node: ast.Call):
+        """Every pair of positional arguments of the same type swapped: by the callee's
+        annotations where it has them, else by KINDS."""
+        args = node.args
+        if any(isinstance(a, ast.Starred) for a in args) or len(args) < 2:
+            return
+        signature = self.signature(node)
+        annotations = []
+        if signature is not None:
+            annotations = [str(p.annotation) if p.annotation is not inspect.Parameter.empty
+                           else "" for p in signature.parameters.values()
+                           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        for i in range(len(args)):
+            for j in range(i + 1, len(args)):
+                a, b = args[i], args[j]
+                if self.source(a) == self.source(b):
+                    continue
+                typed = j < len(annotations) and annotations[i] and annotations[i] == annotations[j]
+                if not (typed or self.kinds(a) & self.kinds(b)):
+                    continue
+                (start, a_end), (b_start, end) = self.span(a), self.span(b)
+                between = self.text[a_end:b_start]
+                self.add(start, end, self.source(b) + between + self.source(a), "swap")
+
+    def visit_Name(self, node: ast.Name):
+        """A read of a local name replaced by each other local of the same kind bound
+        before it (KINDS)."""
+        if not (isinstance(node.ctx, ast.Load) and node.id in self.scope) or any(
+                node.id in names for names in self.nested):
+            return
+        mine = self.scope[node.id][1]
+        for other, (line, kinds) in sorted(self.scope.items()):
+            if other != node.id and line < node.lineno and kinds & mine:
+                self.add(*self.span(node), other, "name")
+
+    def visit_Attribute(self, node: ast.Attribute):
+        """A read of a settings field (args.epochs) replaced by each other field of the same
+        type of the same dataclass (args.schedule_epochs)."""
+        base = node.value
+        fields = self.fields.get(base.id, {}) if isinstance(base, ast.Name) else {}
+        if isinstance(node.ctx, ast.Load) and node.attr in fields and self.kind == "function":
+            for other, kind in sorted(fields.items()):
+                if other != node.attr and kind == fields[node.attr]:
+                    self.add(*self.span(node), f"{base.id}.{other}", "name")
+        self.generic_visit(node)
+
+    def visit_Subscript(self, node: ast.Subscript):
+        """A read of a string key (checkpoint["ema"]) replaced by each other key the file
+        reads or sets on a container of the same name (checkpoint["model"])."""
+        key, base = node.slice, node.value
+        if (isinstance(node.ctx, ast.Load) and isinstance(base, ast.Name) and self.kind ==
+                "function" and isinstance(key, ast.Constant) and isinstance(key.value, str)):
+            for other in sorted(self.keys.get(base.id, set()) - {key.value}):
+                self.add(*self.span(key), repr(other), "name")
+        self.generic_visit(node)
+
+    def visit_Lambda(self, node: ast.Lambda):
+        self.nested.append({a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)})
+        try:
+            self.generic_visit(node)
+        finally:
+            self.nested.pop()
+
+    def visit_comprehension_scope(self, node):
+        self.nested.append({n.id for g in node.generators for n in ast.walk(g.target)
+                            if isinstance(n, ast.Name)})
+        try:
+            self.generic_visit(node)
+        finally:
+            self.nested.pop()
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = \
+        visit_comprehension_scope
+
+    def delete(self, node: ast.stmt):
+        """A statement with a side effect deleted: a call made for its effect (a state load,
+        .eval(), .step(), an update, a seed, an append), or a write into an object's
+        attribute or item (a piece of state set or saved)."""
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            call = node.value
+            if call_name(call) in DISPLAY_CALLS or call_name(call) in NOT_DELETED:
+                return
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            parts = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+            if not all(isinstance(e, (ast.Attribute, ast.Subscript)) for e in parts):
+                return
+            if self.where.endswith(".__init__") and all(  # a module's parts: built, not state
+                    isinstance(e, ast.Attribute) and ast.unparse(e.value) == "self" for e in parts):
+                return
+        else:
+            return
+        start, end = self.span(node)
+        self.add(start, end, "pass" + "\n" * self.text.count("\n", start, end), "statement")
 
 
 def mutants_of(files) -> list[Mutant]:
@@ -617,12 +861,28 @@ def names_in_tests(tests: dict) -> dict:
 
 
 class FirstFailure:
-    def __init__(self):
-        self.failed = ""
+    """The first test that failed; and, in a file the sweep reads, the test running now and
+    since when (a hang is told by the test, not by the mutant's whole run)."""
+
+    def __init__(self, progress: Path):
+        self.failed, self.progress = "", progress
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.progress.write_text(json.dumps([nodeid, time.time()]))
 
     def pytest_runtest_logreport(self, report):
         if report.failed and not self.failed:
             self.failed = report.nodeid
+
+
+def hung(progress: Path, tests: dict, started: float) -> bool:
+    """The test a mutant's child runs has taken three times its mapped time plus 10 s (or
+    the child has not reached a test 60 s after it started)."""
+    try:
+        nodeid, since = json.loads(progress.read_text())
+    except (OSError, ValueError):
+        return time.time() - started > 60
+    return time.time() - since > 3 * tests.get(nodeid, {}).get("seconds", 20) + 10
 
 
 def run_mutant(m: Mutant, tests: list[str], result: Path, basetemp: Path):
@@ -637,7 +897,7 @@ def run_mutant(m: Mutant, tests: list[str], result: Path, basetemp: Path):
         except Exception as error:  # noqa: BLE001 (a mutant that cannot be applied is reported)
             status["detail"] = f"could not apply: {type(error).__name__}: {error}"
         else:
-            catcher = FirstFailure()
+            catcher = FirstFailure(Path(str(result) + ".progress"))
             code = pytest.main(["-x", "-q", *QUIET, "--basetemp", str(basetemp), *tests],
                                plugins=[catcher])
             if code == 0:
@@ -718,12 +978,11 @@ def sweep(mutants: list[Mutant], tests: dict, jobs: int, equivalent: dict, logs:
                 pid = os.fork()
                 if pid == 0:
                     run_mutant(m, chosen, result, basetemp)
-                running[pid] = (m, result, basetemp, time.time() + 2 * seconds + 20, time.time(),
-                                chosen)
+                running[pid] = (m, result, basetemp, None, time.time(), chosen)
             pid, _ = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
-                for pid, (m, result, basetemp, deadline, *_) in list(running.items()):
-                    if time.time() > deadline:
+                for pid, (m, result, basetemp, _, began, _) in list(running.items()):
+                    if hung(Path(str(result) + ".progress"), tests, began):
                         os.kill(pid, signal.SIGKILL)
                         os.waitpid(pid, 0)
                         outcomes[m.key] = {"status": "killed", "detail": "timeout"}
@@ -750,6 +1009,8 @@ def sweep(mutants: list[Mutant], tests: dict, jobs: int, equivalent: dict, logs:
                 seen.setdefault(o["detail"], [0, 0])[0] += 1
             if o["status"] != "killed" and not (o["status"] == "survived" and m.key in equivalent):
                 print(f"  {o['status'].upper()}: {m.key}  {o['detail']}", flush=True)
+            elif o.get("seconds", 0) > 120:
+                print(f"  slow ({o['seconds']:.0f} s, {o['status']}): {m.key}", flush=True)
             if done % 50 == 0:
                 print(f"  {done} of {total} mutants, {time.time() - started:.0f} s", flush=True)
     shutil.rmtree(home, ignore_errors=True)

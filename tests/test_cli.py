@@ -83,8 +83,8 @@ def test_the_quick_start_trains_every_method(quick_runs):
 
 
 def test_the_quick_start_eval_prints_one_table(quick_runs, torch_home):
-    """The README's eval.py line with 2 samples, on runs its glob matches: one table holding
-    a row per run and sampler, and --json writes the same."""
+    """The README's eval.py line with 2 samples (and 4 reference images), on runs its glob
+    matches: one table holding a row per run and sampler, and --json writes the same."""
     (words,) = [w for w in quick_start() if w[0] == "eval.py"]
     assert words[1] == "runs/*-digits-*"
     # Three of the six runs, one of each kind of sampler: the backbone's, the LDE, the
@@ -92,8 +92,8 @@ def test_the_quick_start_eval_prints_one_table(quick_runs, torch_home):
     runs = sorted(quick_runs[f"{m}.py"] for m in ("dae", "iae_lde", "deciphering"))
     table_file = runs[0].parent.parent / "table.json"
     result = run_with_weights(torch_home, "eval.py", *map(str, runs),
-                              *shortened(words)[2:], "--batch-size", "2", "--device", "cpu",
-                              "--json", table_file)
+                              *shortened(words)[2:], "--ref-size", "4", "--batch-size", "2",
+                              "--device", "cpu", "--json", table_file)
     assert result.returncode == 0, result.stderr
     rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| ")]
     table = json.loads(table_file.read_text())

@@ -4,6 +4,7 @@ densities are fitted to the eval-mode codes of the training split), and its user
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Bernoulli
@@ -214,6 +215,31 @@ def test_ex_post_densities_are_fitted_to_eval_mode_codes_of_the_training_split(d
     assert torch.equal(images, dae.sample(run, 5, "gmm", seed=1))
     with pytest.raises(common.UserError, match="no 'lde' sampler"):
         dae.sample(run, 1, "lde")
+
+
+def test_the_grids_show_test_images_and_their_codes_decoded(digits_run):
+    """interpolations.png: rows from test image 2i to test image 2i + 1 (its first and last
+    columns, 8-bit), the decoded codes between; reconstructions.png: rows of test images,
+    each followed by the row of their reconstructions."""
+    from PIL import Image
+
+    folder, _ = digits_run
+    test = common.load_images("digits", "", "test")[:64]  # uint8 [64, 1, 32, 32]
+
+    def cells(name, columns):  # the grid's images: 1-pixel padding, nrow = columns
+        with Image.open(folder / name) as grid:
+            pixels = torch.from_numpy(np.array(grid.convert("L")))
+        rows = (pixels.shape[0] - 1) // 33
+        return pixels[1:].view(rows, 33, -1)[:, :32, 1:].reshape(rows, 32, columns, 33)[
+            ..., :32].permute(0, 2, 1, 3)  # [rows, columns, 32, 32]
+
+    interpolations = cells("interpolations.png", 10)
+    assert torch.equal(interpolations[:, 0], test[0:16:2, 0])
+    assert torch.equal(interpolations[:, -1], test[1:16:2, 0])
+    assert not torch.equal(interpolations[:, 1], test[0:16:2, 0])  # decoded, not copied
+    reconstructions = cells("reconstructions.png", 8)
+    assert torch.equal(reconstructions[0::2].flatten(0, 1), test[:, 0])
+    assert not torch.equal(reconstructions[1::2].flatten(0, 1), test[:, 0])
 
 
 @pytest.mark.parametrize("argv, words", [

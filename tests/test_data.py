@@ -177,6 +177,13 @@ def test_fixed_size_data_sets_refuse_another_size(name, tmp_path):
         common.load_images(name, tmp_path, "train", image_size=64)
 
 
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "digits", "fake"])
+def test_a_crop_of_images_that_are_not_cropped_is_refused(name, tmp_path):
+    """--crop acts on CelebA and image folders only; elsewhere it would be ignored."""
+    with pytest.raises(common.UserError, match="--crop applies to celeba and folder images"):
+        common.load_images(name, tmp_path, "train", crop=20)
+
+
 def test_digits():
     train = common.load_images("digits", "", "train")
     test = common.load_images("digits", "", "test")
