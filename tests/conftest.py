@@ -24,6 +24,11 @@ _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: left out of the default run; pytest -m slow")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # -n 2: a core per worker, not two each
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # and for the scripts a test starts
 
 
 def pytest_collection_modifyitems(config, items):

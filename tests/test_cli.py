@@ -69,6 +69,7 @@ def quick_runs(tmp_path_factory, torch_home):
         assert "done" in result.stdout
         (runs[words[0]],) = (tmp / words[0][:-3]).glob(f"{words[0][:-3]}-digits-*")
     return runs
+@pytest.mark.slow  # six trainings, one of them LPIPS at 128 px: over a minute
 def test_the_quick_start_trains_every_method(quick_runs):
     assert sorted(quick_runs) == sorted(f"{m}.py" for m in
                                         ("dae", "vae", "rae", "eae", "iae_lde", "deciphering"))
@@ -82,6 +83,7 @@ def test_the_quick_start_trains_every_method(quick_runs):
                 ).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_the_quick_start_eval_prints_one_table(quick_runs, torch_home):
     """The README's eval.py line with 2 samples (and 4 reference images), on runs its glob
     matches: one table holding a row per run and sampler, and --json writes the same."""

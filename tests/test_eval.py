@@ -222,7 +222,14 @@ def dae_run(tmp_path_factory):
                  gmm_components=2)
 
 
-def test_eval_writes_the_table_and_metrics(dae_run, weights, tmp_path, capsys):
+@pytest.fixture
+def stub_inception(monkeypatch):
+    """Tests of what eval.py does with the figures (table, files, cache) use the stand-in
+    network below: the real one's 299-pixel passes take seconds an image on a CPU core."""
+    monkeypatch.setattr(common, "Inception", StubInception)
+
+
+def test_eval_writes_the_table_and_metrics(dae_run, stub_inception, tmp_path, capsys):
     args = eval_module.Args(runs=[str(dae_run)], num_samples=3, ref_size=3, batch_size=2,
                             device="cpu", samplers=["gmm"],
                             save_samples=str(tmp_path / "samples"))
@@ -261,7 +268,7 @@ def means_only_fid(monkeypatch):
                         ((mu1 - mu2) ** 2).sum().item())
 
 
-def test_metrics_are_reused_only_for_the_same_request(dae_run, weights, means_only_fid,
+def test_metrics_are_reused_only_for_the_same_request(dae_run, stub_inception, means_only_fid,
                                                       monkeypatch, capsys):
     """A second call with the same request reads metrics.json; other samples, a changed
     checkpoint or metric code, or an unreadable metrics.json, compute afresh."""
@@ -291,7 +298,7 @@ def test_metrics_are_reused_only_for_the_same_request(dae_run, weights, means_on
     assert len(calls) == 12 and json.loads((dae_run / "metrics.json").read_text())["columns"]
 
 
-def test_one_table_for_several_runs(dae_run, weights, means_only_fid, tmp_path, capsys):
+def test_one_table_for_several_runs(dae_run, stub_inception, tmp_path, capsys):
     """python eval.py RUN_A RUN_B --json FILE: one table, a row per run and column."""
     import vae
 
@@ -621,7 +628,7 @@ def test_fid_of_two_folders_matches_pytorch_fid_features(inception, tmp_path, ca
     assert float(capsys.readouterr().out.split("FID:")[1]) == pytest.approx(expected, rel=1e-4)
 
 
-def test_bad_input(dae_run, weights, tmp_path, capsys):
+def test_bad_input(dae_run, stub_inception, tmp_path, capsys):
     def error(*argv):
         return cli_error(eval_module, argv, capsys)
 
