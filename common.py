@@ -108,9 +108,10 @@ def parse_args(args_cls, argv=None, description=None, epilog=None):
     return args_cls(**vars(namespace)), given
 
 
-def cli(main, args_cls, doc: str | None, epilog: str | None = None):
-    """Entry point of a method file: parse, run, and turn user mistakes into one line.
-    --help shows the docstring's first paragraph, the options, then `epilog`."""
+def cli(main, args_cls, doc: str | None, epilog: str | None = None, trains: bool = True):
+    """Entry point of a script: parse, run, and turn user mistakes into one line. --help
+    shows the docstring's first paragraph, the options, then `epilog`. Ctrl-C says what
+    is kept and how to go on (`trains`: a training script, whose checkpoints count)."""
     description = (doc or "").strip().split("\n\n")[0]
     args, given = parse_args(args_cls, description=description, epilog=epilog)
     try:
@@ -121,12 +122,14 @@ def cli(main, args_cls, doc: str | None, epilog: str | None = None):
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         if LAST_SAVED:
-            folder, epoch = LAST_SAVED
-            print(f"\ninterrupted: the checkpoint of epoch {epoch + 1} in {folder} is kept; "
-                  f"continue with --resume {folder}", file=sys.stderr)
-        else:
+            folder, what, again = LAST_SAVED
+            print(f"\ninterrupted: {what} in {folder} is kept; continue with {again} {folder}",
+                  file=sys.stderr)
+        elif trains:
             print("\ninterrupted before the first checkpoint: nothing to resume",
                   file=sys.stderr)
+        else:
+            print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
 
 
@@ -319,10 +322,10 @@ def batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, flip: 
     g = epoch_generator(seed, epoch)
     order = torch.randperm(len(images), generator=g).to(images.device)
     flips = (torch.rand(len(images), generator=g) < 0.5).to(images.device)
-    memory_format = torch.channels_last if images.is_cuda else torch.contiguous_format
+    layout = memory_format(images.device)
     for start in range(0, len(images) - batch_size + 1, batch_size):
         index = order[start:start + batch_size]
-        x = images[index].float().div_(255).contiguous(memory_format=memory_format)
+        x = images[index].float().div_(255).contiguous(memory_format=layout)
         if flip:  # horizontal flip of a random half of the batch, on the device
             x = torch.where(flips[index, None, None, None], x.flip(3), x)
         yield x  # [B, C, H, W]
@@ -653,11 +656,25 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+# bf16 autocast and channels_last: None, on CUDA only (the default); True or False, on or off
+# on any device (the tests rehearse the CUDA path on the CPU with True).
+FAST = None
+
+
+def fast(device: torch.device) -> bool:
+    return device.type == "cuda" if FAST is None else FAST
+
+
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA; nothing on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast where fast(device); nothing otherwise."""
+    if fast(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last where fast(device), for models and batches; contiguous otherwise."""
+    return torch.channels_last if fast(device) else torch.contiguous_format
 
 
 def rng_state() -> dict:
@@ -681,9 +698,16 @@ def new_run_folder(out_dir: str, method: str, dataset: str, args, device=None) -
     while folder.exists():  # two runs started in the same second
         folder, suffix = Path(out_dir) / f"{name}-{suffix}", suffix + 1
     folder.mkdir(parents=True)
-    record = {**dataclasses.asdict(args), "provenance": provenance(device)}
-    (folder / "args.json").write_text(json.dumps(record, indent=2))
+    write_args(folder, args, device)
     return folder
+
+
+def write_args(folder: Path, args, device=None):
+    """args.json: every setting of the run and its provenance (rewritten when resumed)."""
+    record = {**dataclasses.asdict(args), "provenance": provenance(device)}
+    tmp = folder / ".args.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, folder / "args.json")
 
 
 def provenance(device=None) -> dict:
@@ -754,7 +778,11 @@ def atomic_save(obj, path: Path):
 
 
 CHECKPOINT = "checkpoint.pt"
-LAST_SAVED = []  # (folder, epoch) of this process's last checkpoint, for the Ctrl-C message
+# (folder, what it holds, the flag that continues it) of this process's run, for Ctrl-C.
+LAST_SAVED = []
+# Options renamed since runs were written with them: {method: {stored name: today's}}.
+RENAMED = {"eae": {"reg_weight": "entropy_weight", "l2": "l2_weight"},
+           "iae_lde": {"components": "lde_components"}}
 
 
 def load_checkpoint(run_dir: str, map_location="cpu", method: str = "") -> dict:
@@ -770,6 +798,11 @@ def load_checkpoint(run_dir: str, map_location="cpu", method: str = "") -> dict:
         raise UserError(f"{path} could not be read ({type(error).__name__})") from None
     if method and checkpoint.get("method") != method:
         raise UserError(f"{run_dir} is a {checkpoint.get('method')} run, not a {method} run")
+    renamed = RENAMED.get(checkpoint.get("method"), {})
+    old = sorted(set(checkpoint.get("args", {})) & set(renamed))
+    if old:
+        raise UserError(f"{run_dir} was written with {flags(old)}, since renamed "
+                        f"{flags(renamed[k] for k in old)}; this version does not read it")
     return checkpoint
 
 
@@ -783,10 +816,17 @@ RESUMABLE = ("epochs", "device", "compile")  # flags that may change when resumi
 NOT_A_SETTING = ("data_root", "seed", "device", "compile", "sync_bn", "out_dir", "resume")
 
 
+def as_compared(args: dict) -> dict:
+    """Settings as a paper's are compared with: --depth 1 1 1 1 is --depth 1."""
+    depth = args.get("depth")
+    return {**args, "depth": depth[:1]} if depth and len(set(depth)) == 1 else args
+
+
 def off_paper(args: dict, paper: dict) -> list[str]:
     """The settings of a run that differ from `paper` (the paper's values of every field
     of the method's Args that changes the result), as flags; empty when the run is the
     paper's setting. A paper's figure is printed beside ours only then."""
+    args, paper = as_compared(args), as_compared(paper)
     return sorted("--" + k.replace("_", "-") for k, v in paper.items()
                   if k not in NOT_A_SETTING and args.get(k) != v)
 
@@ -795,6 +835,7 @@ def paper_row(args: dict, ref: str, table: dict, keyed: tuple, settings) -> dict
     """A paper's figures for a run: the row of `table` that the run's `keyed` settings select
     (lists as tuples), only against the test split and when every other setting that
     matters is that of the paper's run, `settings(key)`; empty otherwise."""
+    args = as_compared(args)
     key = tuple(tuple(v) if isinstance(v, list) else v for v in (args[k] for k in keyed))
     if ref != "test" or key not in table or off_paper(args, settings(key)):
         return {}
@@ -815,6 +856,10 @@ def resume(args, given: set, method: str = "", resumable=()):
     if stored.get("schedule_epochs"):
         print(f"resuming: training to epoch {stored['epochs']} on the schedule of the run's "
               f"{stored['schedule_epochs']} epochs")
+    unknown = sorted(set(stored) - {f.name for f in dataclasses.fields(args)})
+    if unknown:
+        raise UserError(f"{args.resume} stores the settings {flags(unknown)}, which this "
+                        f"version does not know; it cannot be resumed")
     return type(args)(**{**stored, "resume": args.resume}), checkpoint
 
 
@@ -864,6 +909,13 @@ def open_run(method: str, args, checkpoint, model: nn.Module, optimizer) -> tupl
         per_process = checkpoint.get("rng_per_process", [])  # written under torchrun
         rank, size = world()
         set_rng_state(per_process[rank] if len(per_process) == size else checkpoint["rng"])
+        if is_main():  # the settings typed now are the run's from here on
+            write_args(folder, args, next(model.parameters()).device)
+            if checkpoint["args"] != dataclasses.asdict(args):
+                checkpoint["args"] = dataclasses.asdict(args)
+                atomic_save(checkpoint, folder / CHECKPOINT)
+            keep_log_until(folder, checkpoint["epoch"] + 1)
+        LAST_SAVED[:] = [folder, f"the checkpoint of epoch {start_epoch}", "--resume"]
     print(f"run folder {folder}; {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"parameters; {next(model.parameters()).device}")
     return folder, start_epoch
@@ -880,8 +932,23 @@ def save_epoch(folder: Path, method: str, args, epoch: int, model, optimizer,
         state["rng_per_process"] = [None] * world()[1]
         torch.distributed.all_gather_object(state["rng_per_process"], rng_state())
     atomic_save(state, folder / CHECKPOINT)
-    LAST_SAVED[:] = [folder, epoch]
+    LAST_SAVED[:] = [folder, f"the checkpoint of epoch {epoch + 1}", "--resume"]
     return state
+
+
+def keep_log_until(folder: Path, epoch: int):
+    """log.jsonl without the training epochs after `epoch` (from 1): those of a run stopped
+    after its last checkpoint, which the resumed run trains and logs again."""
+    path = folder / "log.jsonl"
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("stage") or
+            json.loads(line).get("epoch", 0) <= epoch]
+    if len(kept) < len(lines):
+        tmp = folder / ".log.jsonl.tmp"
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
 
 
 def fit_ex_post(state: dict, model: nn.Module, train_images: torch.Tensor,
@@ -889,9 +956,14 @@ def fit_ex_post(state: dict, model: nn.Module, train_images: torch.Tensor,
     """After training a backbone method (.encoder, .decoder): encode the training set
     (eval-mode BN), fit N(0, I), MVG and GMM, store them in the checkpoint, and write a
     sample grid per sampler and interpolations between test images. Returns the run (None
-    on ranks other than 0)."""
-    print("encoding the training set and fitting N(0, I), MVG and GMM ...")
+    on ranks other than 0). A finished run resumed with no epoch to train keeps the
+    samplers it has (a checkpoint of a trained epoch holds none), --fit-lde's LDE too."""
     model.eval()
+    if state.get("samplers"):
+        print("the run had finished: its samplers are kept")
+        return Run(model, state["args"], samplers_from_state(state["samplers"]), folder) \
+            if is_main() else None
+    print("encoding the training set and fitting N(0, I), MVG and GMM ...")
     codes = gather_rows(encode_all(model.encoder, train_images))  # all processes' shards
     if not is_main():
         return None  # under torchrun the samplers are fitted once, by rank 0

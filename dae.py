@@ -217,15 +217,14 @@ def train(args: Args, given: set):
     args, checkpoint, device, train_images, test_images = common.start(args, given, "dae")
     data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
     model = DAE(args, *data_shape).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=common.memory_format(device))  # channels_last on CUDA
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     folder, start_epoch = common.open_run("dae", args, checkpoint, model, optimizer)
     wrapped = common.parallel(model, args.compile, args.sync_bn)  # DDP (torchrun), compiled
 
     batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
     steps = len(train_images) // batch
-    state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
+    state = checkpoint  # a run resumed with no epoch left to train: its own, samplers too
     for epoch in range(start_epoch, args.epochs):
         lr = common.set_lr(optimizer, common.daly_learning_rate(
             epoch, args.schedule_epochs or args.epochs, args.lr, args.warmup_lr))

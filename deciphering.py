@@ -58,16 +58,20 @@ Deviations and choices (the paper where it speaks, else the official code):
   - Phase two starts from phase one's online weights (the official README does not say;
     --finetune-ema takes the EMA), its patterns, a fresh AdamW and EMA (official), and every
     other setting of phase one not typed (batch, lr, LPIPS size, seed, flips, ...), with
-    2000 epochs, no shift and no weight-decay warm-up; it prints what differs. Phase one's
-    phase_two.txt names phase two once that has a checkpoint (before, --resume restarts it).
+    2000 epochs, no shift and no weight-decay warm-up; it prints what differs. It starts
+    from a finished phase one only. With --phase-two-epochs, phase one's phase_two.json
+    names the phase two its command started and the phase-one epoch it fine-tunes (written
+    when that folder is made): --resume of phase one continues it, or starts phase two
+    again where it has no checkpoint or phase one has trained on since.
   - Sampling ("uniform"): patterns uniform over channels (official: each cluster 1/32),
     noise input, r = 0, BN on the statistics of groups of up to 250 samples (the official
     sampler: train mode, batches of 250), n split into equal groups whatever eval.py's
     --batch-size. "clusters" draws stage 1's cluster with its training share (the paper is
     silent); "running-bn" uses BN's running statistics. Seeded (the official is not).
-  - bf16 autocast and channels_last on CUDA (official: fp32); a checkpoint with the
-    optimizer every --save-every epochs (official: weights every 100 epochs). CelebA: the
-    standard train partition (162,770 images, as the paper), crop 160 unless --crop.
+  - bf16 autocast (LPIPS in fp32) and channels_last on CUDA (official: fp32); a checkpoint
+    with the optimizer every --save-every epochs (official: weights every 100 epochs).
+    CelebA: the standard train partition (162,770 images, as the paper), crop 160 unless
+    --crop.
   - Under torchrun (README, "Several GPUs") batch statistics are part of the method: the
     paper trains (and the official sampler normalises) over batches of 256, so with N GPUs
     use --sync-bn. k-means and the patterns are computed once for the whole training set.
@@ -100,7 +104,9 @@ FROM_PHASE_ONE = ("dataset", "image_size", "crop", "widths", "active", "latent_d
 PHASE_TWO_DEFAULTS = {"epochs": 2000, "max_shift": 0, "wd_warmup": 0.0}
 # Setting names phase two never inherits: what to fine-tune from, and how to resume.
 NOT_INHERITED = ("finetune_from", "finetune_ema", "resume", "schedule_epochs", "phase_two_epochs")
-PHASE_TWO_FILE = "phase_two.txt"  # in phase one's folder: the phase-two run started from it
+# In phase one's folder: the phase-two run that its own command started, and the phase-one
+# epoch that phase two fine-tunes (written when phase two's folder is made).
+PHASE_TWO_FILE = "phase_two.json"
 
 
 @dataclass
@@ -329,10 +335,12 @@ def load_lpips(device) -> nn.Module:
 def lpips_loss(lpips_net, output, target, size: int) -> torch.Tensor:
     """d of Eq. (2): LPIPS of the images, upsampled to size x size where smaller, mean over
     the batch (a grey image is broadcast to RGB by LPIPS's own scaling layer)."""
-    def up(x):  # the official code upsamples images below 128 px only
+    def up(x):  # the official code upsamples images below 128 px only; fp32
         small = x.shape[-1] < size
+        x = x.float()
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False) if small else x
-    return lpips_net(up(output), up(target)).mean()
+    with torch.autocast(output.device.type, enabled=False):  # fp32 under bf16 autocast too
+        return lpips_net(up(output), up(target)).mean()
 
 
 def training_batch(images: torch.Tensor, patterns: torch.Tensor, args: Args, epoch: int):
@@ -341,8 +349,7 @@ def training_batch(images: torch.Tensor, patterns: torch.Tensor, args: Args, epo
     x = images.float().div_(127.5).sub_(1)  # [B, C, S, S] in [-1, 1], LPIPS's range
     if flips(args, epoch):  # the image flipped, its stage-3 pattern reversed
         x, patterns = x.flip(3), flip_patterns(patterns, args)
-    if x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=common.memory_format(x.device))  # channels_last on CUDA
     shifts = torch.randint(-args.max_shift, args.max_shift + 1, (len(x),), device=x.device)
     target = shift_images(x, shifts, args.max_shift)  # T(x_i, r)
     noise = torch.randn_like(x)  # the encoder's input
@@ -404,6 +411,10 @@ def phase_two_args(args: Args, given: set) -> tuple[Args, dict]:
         raise common.UserError("--phase-two-epochs runs phase two after phase one; from "
                                "--finetune-from, give phase two's length as --epochs")
     phase_one = common.load_checkpoint(args.finetune_from, method="deciphering")
+    if phase_one["epoch"] + 1 < phase_one["args"]["epochs"]:
+        raise common.UserError(f"{args.finetune_from} stopped at epoch {phase_one['epoch'] + 1} "
+                               f"of its {phase_one['args']['epochs']}; phase two fine-tunes a "
+                               f"finished phase one: --resume it first")
     defaults = dataclasses.asdict(Args())
     stored = {**defaults, **{k: v for k, v in phase_one["args"].items() if k in defaults}}
     ignored = sorted(k for k in FROM_PHASE_ONE if k in given and getattr(args, k) != stored[k])
@@ -438,9 +449,10 @@ class Training:
     first_images: torch.Tensor  # 32 training images, uint8, CPU, for reconstructions.png
 
 
-def set_up(args: Args, given: set) -> Training:
+def set_up(args: Args, given: set, link: Path | None = None) -> Training:
     """Phase two's settings, --resume, data, patterns (k-means once), model, AdamW (the
-    MLP with its own rate), LPIPS, EMA (phase two: a new one, official) and the run folder."""
+    MLP with its own rate), LPIPS, EMA (phase two: a new one, official) and the run folder;
+    `link`: phase one's record of the phase two its command starts, written at once."""
     phase_one = None
     if args.finetune_from and not args.resume:
         args, phase_one = phase_two_args(args, given)
@@ -451,8 +463,7 @@ def set_up(args: Args, given: set) -> Training:
     all_images = common.gather_rows(train_images)  # every process's shard (torchrun)
     n, channels = len(all_images), train_images.shape[1]
     model = DecipheringAE(channels, args.image_size, args.widths, args.latent_dim).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=common.memory_format(device))  # channels_last on CUDA
     if checkpoint or phase_one:  # the run's own patterns: one per training image, fixed
         labels, patterns = ((checkpoint or phase_one)[k].long() for k in ("labels", "patterns"))
         if len(patterns) != n:
@@ -474,6 +485,11 @@ def set_up(args: Args, given: set) -> Training:
     lpips_net = load_lpips(device)  # before open_run restores the RNG: building it draws
     method = "deciphering-finetune" if args.finetune_from else "deciphering"
     folder, start_epoch = common.open_run(method, args, checkpoint, model, optimizer)
+    if link is not None and common.is_main():  # before phase two's first checkpoint
+        record = {"phase_two": str(folder.resolve()), "from_epoch": phase_one["epoch"]}
+        tmp = link.with_name(f".{link.name}.tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(link)
     ema = copy.deepcopy(model).requires_grad_(False)
     if checkpoint:
         ema.load_state_dict(checkpoint["ema"])
@@ -482,10 +498,10 @@ def set_up(args: Args, given: set) -> Training:
                     lpips_net, all_images[:32].cpu())
 
 
-def train(args: Args, given: set) -> Path:
+def train(args: Args, given: set, link: Path | None = None) -> Path:
     """Eq. (2) by AdamW with LPIPS, each image deciphered from its own pattern; returns the
     run folder. Phase two (--finetune-from) is the same loop without the shift."""
-    training = set_up(args, given)
+    training = set_up(args, given, link)
     args, device, folder, images = training.args, training.device, training.folder, training.images
     model, ema, optimizer = training.model, training.ema, training.optimizer
     patterns = common.shard(training.patterns).to(device)  # those of this process's images
@@ -527,8 +543,6 @@ def train(args: Args, given: set) -> Path:
             common.save_epoch(folder, "deciphering", args, epoch, model, optimizer,
                               (images.shape[1], args.image_size), ema=ema.state_dict(),
                               patterns=training.patterns.short(), labels=training.labels)
-            if args.finetune_from and common.is_main():  # phase one's --resume continues it
-                (Path(args.finetune_from) / PHASE_TWO_FILE).write_text(str(folder.resolve()))
             # 64 fixed new patterns, and 32 training images each with its own decoded
             common.save_grid(generate(ema, grid_patterns, grid_noise, args),
                              folder / "samples.png")
@@ -626,22 +640,32 @@ def paper_fid(args: dict, ref: str = "test") -> dict:
 
 def main(args: Args, given: set):
     """Phase one or two; with --phase-two-epochs N, phase one and then phase two (beside
-    it), the paper's whole protocol in one command. --resume continues either phase."""
+    it), the paper's whole protocol in one command. --resume continues either phase; that
+    of phase one continues the phase two its command started, where phase two has a
+    checkpoint and fine-tunes the phase one there is now, else starts it (again)."""
     folder = train(args, given)
-    done = common.broadcast(common.load_checkpoint(folder)["args"] if common.is_main() else None)
-    if done["finetune_from"]:
+    done = common.broadcast({k: v for k, v in common.load_checkpoint(folder).items()
+                             if k in ("args", "epoch")} if common.is_main() else None)
+    if done["args"]["finetune_from"]:
         return
-    if not done["phase_two_epochs"]:
+    if not done["args"]["phase_two_epochs"]:
         print(f"phase one is done; Table 1 (FID 42.73) needs phase two, 2000 epochs without "
               f"the shift:\n    python deciphering.py --finetune-from {folder}")
         return
-    started = Path(folder) / PHASE_TWO_FILE  # phase two had begun: continue it
-    if started.exists():
-        train(Args(resume=started.read_text().strip(), epochs=done["phase_two_epochs"]),
-              {"resume", "epochs"})
-    else:
-        train(Args(finetune_from=str(folder), epochs=done["phase_two_epochs"]),
-              {"finetune_from", "epochs"})
+    link = Path(folder) / PHASE_TWO_FILE
+    typed = {k: getattr(args, k) for k in ("device", "compile") if k in given}  # go on too
+    epochs = {"epochs": done["args"]["phase_two_epochs"]}
+    record = json.loads(link.read_text()) if link.is_file() else None
+    if record and record["from_epoch"] == done["epoch"] and \
+            (Path(record["phase_two"]) / common.CHECKPOINT).is_file():
+        train(Args(resume=record["phase_two"], **epochs, **typed), {"resume", "epochs", *typed})
+        return
+    if record:
+        print(f"starting phase two again: {record['phase_two']} "
+              + ("has no checkpoint" if record["from_epoch"] == done["epoch"] else
+                 f"fine-tunes phase one's epoch {record['from_epoch'] + 1}, not its last"))
+    train(Args(finetune_from=str(folder), **epochs, **typed), {"finetune_from", "epochs", *typed},
+          link)
 
 
 if __name__ == "__main__":

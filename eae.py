@@ -211,8 +211,7 @@ def train(args: Args, given: set):
                                f"each process has {batch}")
     data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
     model = EAE(args, *data_shape).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=common.memory_format(device))  # channels_last on CUDA
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     folder, start_epoch = common.open_run("eae", args, checkpoint, model, optimizer)
     wrapped = common.parallel(model, args.compile, args.sync_bn)  # DDP (torchrun), compiled
@@ -221,7 +220,7 @@ def train(args: Args, given: set):
           f"{args.spectral_norm}")
 
     steps = len(train_images) // batch
-    state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
+    state = checkpoint  # a run resumed with no epoch left to train: its own, samplers too
     for epoch in range(start_epoch, args.epochs):
         lr = common.set_lr(optimizer, learning_rate(args, epoch))  # exponential decay (Appendix)
         model.train()

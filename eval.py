@@ -58,11 +58,12 @@ One protocol for every method, so that the columns of the papers' tables can be 
     --parzen-samples generated images, its width chosen from 0.10, 0.11, .., 0.29 (the
     official MNIST grid; where the best is at its edge, the grid goes on past it in steps of
     0.01 until the best lies inside, and the table says "widened") on images the run
-    never trained on: its --holdout images where it has them (the IAE on MNIST), else a
-    seeded random half of the test images, the other half then scored. Mean log-likelihood
-    of the test images (at most 10,000) +- standard error; MNIST's border padding is cut off
-    first, as the paper's images are 28x28. For runs with an encoder also each sampler's
-    mean negative log-likelihood of the scored test images' codes, nats per code.
+    never trained on: those it held out where it has them (the IAE's --holdout images on
+    MNIST, the RAE's validation images), else a seeded random half of the test images, the
+    other half then scored. Mean log-likelihood of the test images (at most 10,000) +-
+    standard error; MNIST's border padding is cut off first, as the paper's images are
+    28x28. For runs with an encoder also each sampler's mean negative log-likelihood of
+    the scored test images' codes, nats per code.
 The papers' own evaluation code: the RAE repository ships its TensorFlow FID and PRD code,
 the IAE repository its Parzen scripts, and Maeda names his tools (pytorch-fid for FID,
 torch-fidelity for IS), whose input paths are the ones above; Daly et al. and Ghose et al.
@@ -75,6 +76,7 @@ PAPER_SAMPLES samples), paper_parzen(args, samples) the Parzen one.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -310,13 +312,13 @@ def parzen_log_likelihood(samples, points, sigmas, batch_size: int = 200) -> tor
     return torch.cat(rows, dim=1)  # [W, N]
 
 
-def parzen_split(train: torch.Tensor, test: torch.Tensor, holdout: int, seed: int):
-    """(images that choose the width, images scored, where the width was chosen): the run's
-    held-out training images and the test images (at most 10,000); where the run held none
-    out, a seeded random half of the test images and the other half, so that the width is
-    never chosen on images the model trained on."""
-    if holdout:
-        return train[len(train) - holdout:], test[:10000], "held-out training images"
+def parzen_split(test: torch.Tensor, held: torch.Tensor | None, seed: int):
+    """(images that choose the width, images scored, where the width was chosen): the images
+    the run held out from training, where it has them, and the test images (at most
+    10,000); otherwise a seeded random half of the test images and the other half, so that
+    the width is never chosen on images the model trained on."""
+    if held is not None and len(held):
+        return held, test[:10000], "held-out training images"
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
     half = min(len(test) // 2, 10000)
     return (test[order[half:2 * half]], test[order[:half]],
@@ -361,8 +363,8 @@ def parzen(run_dir: str, args: Args) -> dict:
     a, root = run.args, args.data_root or run.args["data_root"]
     load = lambda split: common.load_images(a["dataset"], root, split, a["image_size"],  # noqa
                                             a["crop"])  # uint8
-    valid, test, chosen_on = parzen_split(load("train"), load("test"), a.get("holdout", 0),
-                                          args.seed)
+    held = method.data_splits(a, root)[1] if hasattr(method, "data_splits") else None
+    valid, test, chosen_on = parzen_split(load("test"), held, args.seed)
     codes = (common.encode_all(lambda x: method.encode(run, x), test.to(device))  # [N, d]
              if hasattr(method, "encode") else None)
     valid, test = (parzen_points(x / 255, a["dataset"]) for x in (valid, test))
@@ -466,6 +468,14 @@ def main(args: Args, given: set):
         return None
     if not args.runs:
         raise common.UserError("give run folders (python eval.py RUN_DIR ...) or --fid A B")
+    runs = [run for run in args.runs if (Path(run) / common.CHECKPOINT).is_file()]
+    if not runs:
+        common.load_checkpoint(args.runs[0])  # the one-line error of a folder without one
+    for run in sorted(set(args.runs) - set(runs)):  # runs/* takes runs that never saved
+        print(f"skipping {run}: no {common.CHECKPOINT} (no epoch finished there)")
+    args = dataclasses.replace(args, runs=runs)
+    for run in runs:  # a run it cannot read is one line before any network is built
+        common.method_of(run)
     if args.parzen:
         results = {run: parzen(run, args) for run in args.runs}
         print(parzen_table(results))
@@ -483,4 +493,5 @@ def main(args: Args, given: set):
 
 
 if __name__ == "__main__":  # --help ends with the protocol
-    common.cli(main, Args, __doc__, epilog=__doc__[__doc__.index("One protocol"):])
+    common.cli(main, Args, __doc__, epilog=__doc__[__doc__.index("One protocol"):],
+               trains=False)

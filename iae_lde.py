@@ -50,9 +50,12 @@ Deviations and choices (where the paper is silent we follow the official code, [
     paper's order (official: (mu, sigma, pi), alike at init). Training-mode BN pools over all
     positions, the zero pad included [C]; eval mode is exactly causal. logsumexp, not
     log(density + 1e-12); codes encoded once (eval mode, no flips); sampling at temperature 1.
-  - The LDE kept is the epoch's with the lowest NLL on a random tenth (--lde-holdout) of the
-    training codes (official: a validation split, snapshots). On CIFAR-10 codes (README) that
-    is epoch 36's, 0.08 nats per test code; the 200th epoch's of an earlier fit scored 0.63.
+  - The LDE kept is the epoch with the lowest NLL of held-out codes: those of the run's
+    --holdout images where it has them (MNIST: no training code is lost), else of a random
+    tenth (--lde-holdout) of the training codes, left out of the fit. The official code fits
+    every training code and keeps no epoch by validation: it logs a validation NLL and keeps
+    snapshots at fixed epochs (MNIST 50, 90, 120, 150). On CIFAR-10 codes (README) the
+    selection keeps epoch 36's, 0.08 nats per test code; the 200th epoch's scored 0.63.
   - torchrun: every process has the same a_t; stage two (also --fit-lde) is one process.
 """
 from __future__ import annotations
@@ -196,10 +199,12 @@ class Perceptual(nn.Module):
             outputs.append(h := layers(h))
         return outputs
 
-    def forward(self, output, target):  # images in [0, 1]
-        with torch.no_grad():
-            target_features = self.features(target)
-        return 0.5 * sum(F.mse_loss(a, b) for a, b in zip(self.features(output), target_features))
+    def forward(self, output, target):  # images in [0, 1]; fp32 under bf16 autocast too
+        with torch.autocast(output.device.type, enabled=False):
+            with torch.no_grad():
+                target_features = self.features(target.float())
+            return 0.5 * sum(F.mse_loss(a, b) for a, b in zip(self.features(output.float()),
+                                                                target_features))
 
 
 def autoencoder_loss(output, x, low: float, perceptual, perc_weight: float) -> torch.Tensor:
@@ -218,15 +223,14 @@ def train(args: Args, given: set):
     data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
     model = IAE(args, *data_shape).to(device)
     perceptual = Perceptual().to(device) if args.perc_weight > 0 else None
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=common.memory_format(device))  # channels_last on CUDA
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.5, 0.999))
     folder, start_epoch = common.open_run("iae_lde", args, checkpoint, model, optimizer)
     wrapped = common.parallel(model, args.compile, args.sync_bn)  # DDP (torchrun), compiled
 
     batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
     steps = len(train_images) // batch
-    state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
+    state = checkpoint  # a run resumed with no epoch left to train: its own, samplers too
     for epoch in range(start_epoch, args.epochs):
         lr = common.set_lr(optimizer, args.lr / 2 ** sum(epoch >= d for d in args.lr_drops))
         model.train()
@@ -330,15 +334,21 @@ def sampler_from_state(state: dict) -> LDESampler:
     return LDESampler(lde, state.get("settings", {}))
 
 
-def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict | None = None):
-    """Eq. (4) by Adam on the codes [N, d] but a random --lde-holdout, whose NLL picks the epoch
-    kept [C]. With `state`, the run's checkpoint, the fit is stored in it after each epoch (a
-    stopped fit of the same settings, on codes of the same encoder epoch, continues)."""
+def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict | None = None,
+              held: torch.Tensor | None = None):
+    """Eq. (4) by Adam on the codes [N, d]; the epoch kept is the one with the lowest NLL of
+    `held`, the codes of images the run held out, where it has them (MNIST), else of a random
+    --lde-holdout share of `codes`, which it then does not train on. With `state`, the run's
+    checkpoint, the fit is stored in it after each epoch (a stopped fit of the same settings,
+    on codes of the same encoder epoch, continues); a checkpoint that another process
+    rewrites meanwhile (a run still training) stops it."""
     torch.manual_seed(args.seed)
     lde = LDE(codes.shape[1], args.lde_components).to(device)
     optimizer = torch.optim.Adam(lde.parameters(), lr=args.lde_lr, betas=(0.5, 0.999))
+    own = held is not None and len(held) > 0  # the run's held-out images' codes
     settings = {"latent_dim": codes.shape[1], "source": (state or {}).get("epoch", 0),
-                "seed": args.seed, **{k: getattr(args, k) for k in LDE_SETTINGS}}
+                "seed": args.seed, "held_out_codes": len(held) if own else 0,
+                **{k: getattr(args, k) for k in LDE_SETTINGS}}
     start, best = 0, {"nll": math.inf, "epoch": 0, "model": {}}  # on the held-out codes
     stored = (state or {}).get("lde_fit", {})
     if stored.get("settings") == settings:  # the same fit, stopped (or done): it continues
@@ -346,9 +356,14 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict
         optimizer.load_state_dict(stored["optimizer"])
         start, best = stored["epoch"], stored["best"]
         print(f"continuing the LDE after its epoch {start}")
-    held = int(len(codes) * args.lde_holdout)  # a random share: files may be sorted by class
-    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(args.seed))
-    codes, held = codes[order[held:]].to(device), codes[order[:held]]
+    if not own:  # a random share of the codes (not the last: files may be sorted by class)
+        cut = int(len(codes) * args.lde_holdout)
+        order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(args.seed))
+        codes, held = codes[order[cut:]], codes[order[:cut]]
+    codes = codes.to(device)
+    path = folder / common.CHECKPOINT
+    stamp = lambda: path.stat().st_mtime_ns if path.exists() else None  # noqa: E731
+    written = stamp()  # the checkpoint as this fit last saw it
     if args.lde_batch_size > len(codes):
         raise common.UserError(f"--lde-batch-size {args.lde_batch_size} is larger than the "
                                f"{len(codes)} codes it trains on")
@@ -375,9 +390,15 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict
                         "model": {k: v.clone() for k, v in lde.state_dict().items()}}
         common.log_epoch(folder, {**record, "lr": lr, "seconds": time.time() - started})
         if state is not None:
+            if stamp() != written:
+                raise common.UserError(f"{path} was rewritten while the LDE was fitted (is the "
+                                       f"run still training?); the LDE is not stored")
             state["lde_fit"] = {"settings": settings, "epoch": epoch + 1, "best": best,
                                 "model": lde.state_dict(), "optimizer": optimizer.state_dict()}
-            common.atomic_save(state, folder / common.CHECKPOINT)
+            common.atomic_save(state, path)
+            written = stamp()
+            common.LAST_SAVED[:] = [folder, f"the LDE fit of epoch {epoch + 1}",
+                                    "--fit-lde" if args.fit_lde else "--resume"]
     if best["model"]:
         lde.load_state_dict(best["model"])
         print(f"the LDE of epoch {best['epoch']} is kept: held-out NLL {best['nll']:.4f} per dim")
@@ -385,23 +406,44 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict
     return LDESampler(lde, {**settings, "kept_epoch": kept})
 
 
+def data_splits(run_args: dict, data_root: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the images a run trained on, the images it held out): the training split without,
+    and with only, its last --holdout images (uint8)."""
+    images = common.load_images(run_args["dataset"], data_root, "train",
+                                run_args["image_size"], run_args["crop"])
+    cut = len(images) - run_args["holdout"]
+    return images[:cut], images[cut:]
+
+
 def fit_lde(run_dir: str, args: Args, given: set):
-    """Stage two on any run with an encoder: the LDE of the codes of the images it trained on,
-    stored in its checkpoint as the sampler `lde`; samples_lde.png. (Test codes: eval.py.)"""
+    """Stage two on any finished run with an encoder: the LDE of the codes of the images it
+    trained on (its own split: the method's data_splits where it has one), the epoch chosen on
+    the codes of the images it held out where it has them; stored in its checkpoint as the
+    sampler `lde`; samples_lde.png. (Test codes: eval.py.)"""
     method, folder = common.method_of(run_dir), Path(run_dir)
     if not hasattr(method, "encode"):
         raise common.UserError(f"{run_dir} is a {method.__name__} run, which has no encoder; "
                                f"the LDE needs codes")
     device, state = common.pick_device(args.device), common.load_checkpoint(run_dir)
+    if not state["samplers"]:
+        raise common.UserError(f"{run_dir} has not finished training (its checkpoint holds no "
+                               f"samplers yet); finish it with --resume first")
+    common.LAST_SAVED[:] = [folder, f"the checkpoint of epoch {state['epoch'] + 1}",
+                            "--fit-lde" if args.fit_lde else "--resume"]
     run = method.load_run(run_dir, device)
     a, root = run.args, args.data_root if "data_root" in given else run.args["data_root"]
-    images = common.load_images(a["dataset"], root, "train", a["image_size"], a["crop"])
-    images = images[:len(images) - a.get("holdout", 0)].to(device)  # those it trained on
-    codes = common.encode_all(lambda x: method.encode(run, x), images)  # [N, d]
+    if hasattr(method, "data_splits"):
+        images, held = method.data_splits(a, root)
+    else:
+        images, held = common.load_images(a["dataset"], root, "train", a["image_size"],
+                                          a["crop"]), None
+    encode = lambda x: method.encode(run, x)  # noqa: E731
+    codes = common.encode_all(encode, images.to(device))  # [N, d]
+    held = common.encode_all(encode, held.to(device)) if held is not None and len(held) else None
     print(f"stage two: the LDE on {len(codes)} codes of dimension {codes.shape[1]}")
     if "lde" in run.samplers:
         print(f"replacing the run's LDE, fitted with {run.samplers['lde'].settings}")
-    run.samplers["lde"] = train_lde(codes, args, folder, device, state)
+    run.samplers["lde"] = train_lde(codes, args, folder, device, state, held)
     common.save_samplers(state, run.samplers, folder / common.CHECKPOINT)
     common.save_grid(method.sample(run, 64, "lde", args.seed), folder / "samples_lde.png")
 

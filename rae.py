@@ -61,14 +61,18 @@ Deviations and choices:
     0.5, patience 5, min_delta 1e-4 on the mean-scale loss, so 1e-4 P on ours; halve when
     5 epochs in a row were not better, then count again); PyTorch's own scheduler would
     use a relative threshold and halve one epoch later (KerasPlateau).
-  - Validation (its loss drives the lr halving), as the official data loader: MNIST and
-    CIFAR-10 train on their first 50,000 / 40,000 training images and validate on the last
-    10,000; CelebA on its train and valid partitions; other data sets hold out their last
-    tenth. The official validation set, x_train[10000:], also holds 40,000 (MNIST) / 30,000
-    (CIFAR-10) training images; ours only the 10,000 never trained on. Ex-post densities
-    on the training codes (official). We keep the last epoch; the official code evaluates
-    the lowest validation loss's (not measured). The official batches come in file order
-    (its iterator ignores `shuffle`); ours are shuffled every epoch (not measured).
+  - Training images as the official data loader: MNIST and CIFAR-10 train on their first
+    50,000 / 40,000 training images, CelebA on its train partition. Validation images (their
+    loss drives the lr halving): not the official ones. The official code validates MNIST and
+    CIFAR-10 on x_train[10000:], 50,000 / 40,000 images of which 40,000 / 30,000 are training
+    images, and that loss also picks its `_best` checkpoint; we validate on the last 10,000,
+    which the model never trains on, so that the plateau reacts to held-out loss (the
+    official split reads as a slip: its held-out part is the last 10,000 too). CelebA: its
+    valid partition (official); other data sets: their last tenth. The split is stored in
+    the checkpoint, and a run whose split differs is not resumed. Ex-post densities on the
+    training codes (official). We keep the last epoch, not the best (not measured). The
+    official batches come in file order (its iterator ignores `shuffle`); ours are shuffled
+    every epoch (not measured).
   - GMM: scikit-learn, 10 components, full covariance, max_iter 2000, tol 1e-3 (official).
   - Under torchrun the validation loss is averaged over the processes, so all halve the
     learning rate at once; L_z, the L2, GP and SN terms are per image or per weight and do
@@ -262,9 +266,21 @@ def validation_split(args: Args, images: torch.Tensor) -> tuple[torch.Tensor, to
     return common.shard(every[:len(every) - n_val]), common.shard(every[len(every) - n_val:])
 
 
+def data_splits(run_args: dict, data_root: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the images a run trained on, its validation images), uint8, as it split them."""
+    args = dataclasses.replace(Args(**run_args), data_root=data_root)
+    images = common.load_images(args.dataset, data_root, "train", args.image_size, args.crop)
+    return validation_split(args, images)
+
+
 def train(args: Args, given: set):
     args, checkpoint, device, train_images, test_images = common.start(args, given, "rae")
     train_images, val_images = validation_split(args, train_images)
+    held = len(val_images) * common.world()[1]  # validation images, every process's
+    if checkpoint is not None and checkpoint.get("validation_images") != held:
+        raise common.UserError(f"{args.resume} was trained with another validation split than "
+                               f"this rae.py's ({held} images): resumed, its training images "
+                               f"would change; start a new run")
     if common.local_batch(args.batch_size) > len(train_images):
         raise common.UserError(f"--batch-size {args.batch_size} is larger than the "
                                f"{len(train_images)} training images left after validation")
@@ -273,8 +289,7 @@ def train(args: Args, given: set):
     beta, reg_weight = weights(args, pixels)
     print(f"{args.variant}: beta {beta:.4g}, lambda {reg_weight:.4g} (summed losses)")
     model = RAE(args, *data_shape).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=common.memory_format(device))  # channels_last on CUDA
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     # Keras' min_delta 1e-4 on the official mean-scale loss is 1e-4 P on our summed loss.
     plateau = KerasPlateau(optimizer, args.patience, min_delta=1e-4 * pixels)
@@ -286,7 +301,7 @@ def train(args: Args, given: set):
 
     batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
     steps = len(train_images) // batch
-    state = checkpoint  # a resumed run that had finished all its epochs refits its samplers
+    state = checkpoint  # a run resumed with no epoch left to train: its own, samplers too
     for epoch in range(start_epoch, args.epochs):
         model.train()
         started, sums = time.time(), torch.zeros(4, device=device)  # the 3 terms, the loss
@@ -320,7 +335,7 @@ def train(args: Args, given: set):
                                   "images_per_sec": steps * args.batch_size / seconds})
         common.save_test_reconstructions(model, test_images, folder)
         state = common.save_epoch(folder, "rae", args, epoch, model, optimizer, data_shape,
-                                  plateau=plateau.state_dict())
+                                  plateau=plateau.state_dict(), validation_images=held)
     # Ex-post density estimation on the codes of the training split.
     common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
                        args.gmm_components)

@@ -105,7 +105,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path):
 
 def test_ctrl_c_says_which_checkpoint_is_kept(tmp_path, capsys, monkeypatch):
     def interrupted(args, given):
-        common.LAST_SAVED[:] = [tmp_path, 4]  # what save_epoch records
+        common.LAST_SAVED[:] = [tmp_path, "the checkpoint of epoch 5", "--resume"]  # save_epoch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(common, "LAST_SAVED", [])

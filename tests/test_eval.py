@@ -400,23 +400,25 @@ def test_parzen_widths_are_the_official_grid():
 
 
 def test_parzen_split_never_chooses_the_width_on_training_images():
-    """The width is chosen on the run's held-out images where it has them, the test images
-    (at most 10,000) scored; otherwise on a seeded random half of the test images, the
-    other half scored (never the same image in both); MNIST's 2-pixel zero border (added to
-    make 32x32) is cut off."""
-    train, test = torch.arange(1500), torch.arange(20_000, 20_297)
-    valid, scored, how = eval_module.parzen_split(train, test, 5, seed=0)
-    assert torch.equal(valid, torch.arange(1495, 1500)) and torch.equal(scored, test)
+    """The width is chosen on the images the run held out where it has them, the test
+    images (at most 10,000) scored; otherwise on a seeded random half of the test images,
+    the other half scored (never the same image in both); MNIST's 2-pixel zero border (added
+    to make 32x32) is cut off."""
+    held, test = torch.arange(1495, 1500), torch.arange(20_000, 20_297)
+    valid, scored, how = eval_module.parzen_split(test, held, seed=0)
+    assert torch.equal(valid, held) and torch.equal(scored, test)
     assert how == "held-out training images"
-    valid, scored, how = eval_module.parzen_split(train, test, 0, seed=0)
-    order = torch.randperm(297, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(scored, test[order[:148]]) and torch.equal(valid, test[order[148:296]])
-    assert not set(valid.tolist()) & set(scored.tolist()) and "half of the test" in how
-    assert not torch.equal(eval_module.parzen_split(train, test, 0, seed=1)[0], valid)
+    for none in (None, held[:0]):
+        valid, scored, how = eval_module.parzen_split(test, none, seed=0)
+        order = torch.randperm(297, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(scored, test[order[:148]])
+        assert torch.equal(valid, test[order[148:296]])
+        assert not set(valid.tolist()) & set(scored.tolist()) and "half of the test" in how
+    assert not torch.equal(eval_module.parzen_split(test, None, seed=1)[0], valid)
     many = torch.arange(25_000)
-    valid, scored, _ = eval_module.parzen_split(train, many, 0, seed=0)
+    valid, scored, _ = eval_module.parzen_split(many, None, seed=0)
     assert len(valid) == len(scored) == 10_000
-    assert torch.equal(eval_module.parzen_split(train, many, 5, 0)[1], many[:10_000])
+    assert torch.equal(eval_module.parzen_split(many, held, 0)[1], many[:10_000])
     digits = torch.rand(3, 1, 28, 28)
     padded = torch.nn.functional.pad(digits, (2, 2, 2, 2))  # what load_images gives MNIST
     torch.testing.assert_close(eval_module.parzen_points(padded, "mnist"), digits.flatten(1))
@@ -647,13 +649,14 @@ def test_bad_input(dae_run, stub_inception, tmp_path, capsys):
 
 
 def test_parzen_width_is_chosen_on_the_held_out_images(dae_run, monkeypatch):
-    """With --holdout N in the run (iae_lde.py on MNIST: 5,000), the width is chosen on the
-    last N training images, never seen in training, and the test split is scored."""
+    """Where the run's method holds images out (data_splits: the IAE's --holdout on MNIST,
+    the RAE's validation images), the width is chosen on those, never seen in training, and
+    the test split is scored."""
     import dae
 
-    loaded = dae.load_run  # the DAE run, as if it had held out its last 150 digits
-    monkeypatch.setattr(dae, "load_run", lambda run_dir, device: loaded(run_dir, device)._replace(
-        args={**loaded(run_dir, device).args, "holdout": 150}))
+    train_digits = common.load_images("digits", "", "train")  # the DAE run, as if it had
+    monkeypatch.setattr(dae, "data_splits", lambda run_args, root: (  # held out the last 150
+        train_digits[:1350], train_digits[1350:]), raising=False)
     seen = []
     real = eval_module.parzen_log_likelihood
     monkeypatch.setattr(eval_module, "parzen_log_likelihood",

@@ -115,6 +115,7 @@ class Recording(nn.Module):
 
     def forward(self, a, b):
         self.seen.calls.setdefault("lpips", []).append(a.shape[-1])
+        self.seen.calls.setdefault("lpips_dtype", []).append((a.dtype, b.dtype))
         return self.net(a, b)
 
 
