@@ -27,9 +27,16 @@ SETTINGS = {"iae_lde": {"perc_weight": 0.1, "call": "main"}}
 
 @pytest.fixture(scope="module")
 def lpips_net(torch_home):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCH_HOME", str(torch_home))
-        return deciphering.load_lpips(torch.device("cpu"))
+    """The deciphering AE's LPIPS network, built once, when a probe first needs it."""
+    built, load = [], deciphering.load_lpips  # (the probes replace load_lpips)
+
+    def get():
+        if not built:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("TORCH_HOME", str(torch_home))
+                built.append(load(torch.device("cpu")))
+        return built[0]
+    return get
 
 
 def output_dtypes(monkeypatch, name) -> list:

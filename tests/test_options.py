@@ -127,9 +127,16 @@ def detached(value):
 
 @pytest.fixture(scope="module")
 def lpips_net(torch_home):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCH_HOME", str(torch_home))
-        return deciphering.load_lpips(torch.device("cpu"))
+    """The deciphering AE's LPIPS network, built once, when a probe first needs it."""
+    built, load = [], deciphering.load_lpips  # (the probes replace load_lpips)
+
+    def get():
+        if not built:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("TORCH_HOME", str(torch_home))
+                built.append(load(torch.device("cpu")))
+        return built[0]
+    return get
 
 
 def probe(name, tmp_path, monkeypatch, lpips_net, steps=1, call="train", spy=(), **settings):
@@ -177,7 +184,7 @@ def probe(name, tmp_path, monkeypatch, lpips_net, steps=1, call="train", spy=(),
         patch.setattr(common, "save_epoch", save_spy)
         patch.setattr(common, "provenance", lambda device=None: {})
         patch.setattr(torch, "compile", lambda model, **k: seen.compiled.append(model) or model)
-        patch.setattr(deciphering, "load_lpips", lambda device: Recording(lpips_net, seen))
+        patch.setattr(deciphering, "load_lpips", lambda device: Recording(lpips_net(), seen))
         for function in LOSSES[name]:
             def loss_spy(*args, _real=getattr(module, function), _name=function, **kwargs):
                 result = _real(*args, **kwargs)
