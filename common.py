@@ -1,144 +1,113 @@
-"""Shared parts of the deterministic-autoencoder reference: everything that is not a method.
+"""What the method files share, in three parts (each under its banner, in this order):
 
-Contents, in reading order:
-  1. command line: `arg` fields of an `Args` dataclass -> argparse; `UserError`; `cli`
-  2. data: cifar10 / mnist / celeba / folder / digits / fake as uint8 NCHW tensors, batches
-  3. backbone of Tolstikhin et al. 2018 / Ghosh et al. 2020 (used by DAE, VAE, RAE, EAE)
-  4. latent samplers fitted ex post on the codes: N(0, I), MVG, GMM
-  5. run utilities: device, RNG state, run folder, log, grids, atomic checkpoints, resume;
-     several processes under torchrun (DistributedDataParallel)
-  6. GPU evaluation helpers: Inception features, FID, IS, precision / recall
+  1. What the methods share: data as uint8 NCHW tensors and their batches, the backbone of
+     Tolstikhin et al. 2018 / Ghosh et al. 2020, the ex-post samplers (N(0, I), MVG, GMM),
+     the schedules, and generation (encode, sample, decode). It names nothing from parts 2
+     and 3, so that it can be copied alone with a method file.
+  2. Running a method: options, device, run folder, log, grids, checkpoints, resume,
+     several processes under torchrun (DistributedDataParallel). A single-process copy of a
+     method can delete these calls (README, "Copying a method into your own code").
+  3. Evaluation, for eval.py: the papers' figures, Inception features, FID, KID, IS,
+     precision / recall.
 
 Images that cross a file boundary are float NCHW tensors in [0, 1].
 """
 from __future__ import annotations
 
+
 import argparse
+
 import contextlib
+
 import dataclasses
+
 import datetime
+
 import hashlib
+
 import importlib
+
 import json
+
 import math
+
 import os
+
 import platform
+
 import subprocess
+
 import sys
+
 import time
+
 import typing
+
 import warnings
+
 from pathlib import Path
 
+
 import torch
+
 import torch.nn as nn
+
 import torch.nn.functional as F
 
-# 1. Command line -------------------------------------------------------------------------
+
+# === 1. What the methods share: data, backbone, ex-post samplers, schedules, generation ===
 class UserError(Exception):
     """A mistake the user can fix (bad data path, missing checkpoint): printed as one line."""
 
     exit_code = 2
 
 
-def arg(default, help: str, choices=None, low=None, positional=False, was=""):
-    """A dataclass field that becomes `--flag` (or an optional positional argument) with
-    this one-line help (and allowed values); `was`: its old name, still accepted (hidden)."""
-    meta = {"help": help, "choices": choices, "low": low, "positional": positional, "was": was}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
 
 
-def _bounded(kind, low):
-    def convert(text):
-        value = kind(text)  # argparse turns a ValueError into "invalid int value: 'x'"
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
-        return value
-
-    convert.__name__ = kind.__name__
-    return convert
+def missing_weights(what: str, url: str, error: Exception) -> UserError:
+    """The error for pretrained weights that are not in torch's cache and cannot be
+    downloaded: which file, where it belongs, where it comes from."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return UserError(f"{what} {Path(url).name} are not in {folder} and could not be "
+                     f"downloaded ({_first_line(error)}); put the file there (from {url})")
 
 
-class _HelpFormat(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help with each default, and the text after the options as written."""
+# bf16 autocast and channels_last: None, on CUDA only (the default); True or False, on or off
+# on any device (the tests rehearse the CUDA path on the CPU with True).
+FAST = None
 
 
-def build_parser(args_cls, description: str | None = None,
-                 epilog: str | None = None) -> argparse.ArgumentParser:
-    """One `--flag` per field of the `Args` dataclass: type, default, help, choices from it."""
-    parser = argparse.ArgumentParser(description=description, epilog=epilog,
-                                     formatter_class=_HelpFormat)
-    hints = typing.get_type_hints(args_cls)
-    for f in dataclasses.fields(args_cls):
-        kind = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        meta = f.metadata
-        options = {"default": default, "help": meta.get("help", "")}
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction  # --flag / --no-flag
-        else:
-            item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
-            if meta.get("low") is not None:
-                item = _bounded(item, meta["low"])
-            options["type"] = item
-            options["choices"] = meta.get("choices")
-            if typing.get_origin(kind) is list:
-                options["nargs"] = "+"
-        if meta.get("positional"):  # optional: one value, or any number for a list
-            options["nargs"] = "*" if typing.get_origin(kind) is list else "?"
-            parser.add_argument(f.name, **options)
-        else:
-            parser.add_argument("--" + f.name.replace("_", "-"), **options)
-        if meta.get("was"):  # the old name, for one release
-            parser.add_argument("--" + meta["was"].replace("_", "-"), **{
-                **options, "dest": f.name, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS})
-    return parser
+def fast(device: torch.device) -> bool:
+    return device.type == "cuda" if FAST is None else FAST
 
 
-def parse_args(args_cls, argv=None, description=None, epilog=None):
-    """Parse argv into `args_cls`; also return the names the user gave explicitly."""
-    parser = build_parser(args_cls, description, epilog)
-    namespace = parser.parse_args(argv)
-    # A second pass with every default suppressed tells which flags were typed.
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    given = set(vars(parser.parse_args(argv)))
-    return args_cls(**vars(namespace)), given
+def autocast(device: torch.device):
+    """bf16 autocast where fast(device); nothing otherwise."""
+    if fast(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
-def cli(main, args_cls, doc: str | None, epilog: str | None = None, trains: bool = True):
-    """Entry point of a script: parse, run, and turn user mistakes into one line. --help
-    shows the docstring's first paragraph, the options, then `epilog`. Ctrl-C says what
-    is kept and how to go on (`trains`: a training script, whose checkpoints count)."""
-    description = (doc or "").strip().split("\n\n")[0]
-    args, given = parse_args(args_cls, description=description, epilog=epilog)
-    try:
-        main(args, given)
-        end_processes()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        if LAST_SAVED:
-            folder, what, again = LAST_SAVED
-            print(f"\ninterrupted: {what} in {folder} is kept; continue with {again} {folder}",
-                  file=sys.stderr)
-        elif trains:
-            print("\ninterrupted before the first checkpoint: nothing to resume",
-                  file=sys.stderr)
-        else:
-            print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last where fast(device), for models and batches; contiguous otherwise."""
+    return torch.channels_last if fast(device) else torch.contiguous_format
 
 
-# 2. Data: decode once into uint8 [N, C, H, W]; batch on the training device --------------
-DATASETS = ("cifar10", "mnist", "celeba", "folder", "digits", "fake")
+DATASETS = ("cifar10", "mnist", "celeba", "folder", "digits")
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
 # Image size and centre crop a data set gets when --image-size / --crop are 0.
 DEFAULT_SIZE = {"celeba": 64}
+
+
 DEFAULT_CROP = {"celeba": 140}
+
+
 # The standard partition by file number: 1-162770 train, 162771-182637 valid, the rest test.
 CELEBA_VALID_FROM, CELEBA_TEST_FROM = 162771, 182638
 
@@ -163,8 +132,6 @@ def load_images(name: str, root: str, split: str, image_size: int = 0, crop: int
         return _folder(root, split, image_size, crop)
     if name == "digits":
         return _digits(split, image_size)
-    if name == "fake":
-        return _fake(split, image_size)
     raise ValueError(f"unknown data set {name}; choose from {DATASETS}")
 
 
@@ -181,10 +148,6 @@ def _torchvision_set(cls_name: str, root: str, split: str, expected: str) -> tor
             f"({_first_line(error)}); put it there or pass --data-root") from None
     images = torch.as_tensor(dataset.data)  # [N, H, W, C] (CIFAR) or [N, H, W] (MNIST)
     return images.permute(0, 3, 1, 2).contiguous() if images.ndim == 4 else images[:, None]
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -278,7 +241,8 @@ def _decode_cached(files, cache_dir: Path, tag: str, image_size: int, crop: int)
         keep[unreadable] = False
         images = images[keep]
     try:
-        atomic_save({"images": images, "stamp": stamp}, cache)
+        torch.save({"images": images, "stamp": stamp}, cache.with_name(cache.name + ".tmp"))
+        os.replace(cache.with_name(cache.name + ".tmp"), cache)  # whole, or not at all
     except OSError:
         warnings.warn(f"could not write the cache {cache}; the next run decodes again")
     return images
@@ -295,31 +259,18 @@ def _digits(split: str, image_size: int) -> torch.Tensor:
     return (pixels * 255).round().to(torch.uint8)  # [N, 1, S, S]
 
 
-def _fake(split: str, image_size: int) -> torch.Tensor:
-    """Deterministic synthetic RGB images (coloured Gaussian blobs), for tests."""
-    n = 256 if split == "train" else 64
-    g = torch.Generator().manual_seed(0 if split == "train" else 1)
-    axis = torch.linspace(-1, 1, image_size)
-    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-    centres = torch.rand(n, 3, 2, generator=g) * 1.6 - 0.8  # three blobs per image
-    colours = torch.rand(n, 3, 3, 1, 1, generator=g)
-    dist2 = (xx - centres[..., 0, None, None]) ** 2 + (yy - centres[..., 1, None, None]) ** 2
-    blobs = torch.exp(-dist2 / 0.08)[:, :, None]  # [N, 3 blobs, 1, S, S]
-    images = (blobs * colours).sum(1).clamp(0, 1)  # [N, 3, S, S]
-    return (images * 255).round().to(torch.uint8)
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     """The CPU generator of one epoch's batch order and augmentation, from (seed, epoch,
     rank): a resumed run redraws the same, each torchrun process its own."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + world()[0] * 7_919_000_001)
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + rank * 7_919_000_001)
 
 
-def batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, flip: bool = False):
+def batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, flip: bool = False,
+            rank: int = 0):
     """One epoch of float [0, 1] batches sliced from a seeded permutation of uint8 `images`
     (already on the training device); drops the last incomplete batch. The permutation and
     the flips depend only on (seed, epoch, rank), so a resumed run sees the same batches."""
-    g = epoch_generator(seed, epoch)
+    g = epoch_generator(seed, epoch, rank)
     order = torch.randperm(len(images), generator=g).to(images.device)
     flips = (torch.rand(len(images), generator=g) < 0.5).to(images.device)
     layout = memory_format(images.device)
@@ -329,12 +280,6 @@ def batches(images: torch.Tensor, batch_size: int, seed: int, epoch: int, flip: 
         if flip:  # horizontal flip of a random half of the batch, on the device
             x = torch.where(flips[index, None, None, None], x.flip(3), x)
         yield x  # [B, C, H, W]
-
-
-# 3. Backbone of Tolstikhin et al. (2018) / Ghosh et al. (2020) ---------------------------
-# The conv stages of the encoder and the decoder that DAE, VAE, RAE and EAE share, in Keras'
-# conventions (the official RAE code ran Keras). Each method builds its own latent layer on
-# the encoder's features: that layer is where the methods differ.
 
 
 def _per_stage(depth, stages: int) -> list[int]:
@@ -460,7 +405,6 @@ class Decoder(nn.Module):
         return self.convs(h)  # [B, C, S, S] logits
 
 
-# 4. Latent samplers: fitted on the codes after training (ex-post density estimation) -----
 class LatentSampler:
     """A Gaussian mixture over codes, sum_k w_k N(mu_k, Sigma_k) in float64. The three ex-post
     densities are its cases: N(0, I) and MVG have one component, GMM has K."""
@@ -521,24 +465,157 @@ def fit_samplers(codes: torch.Tensor, seed: int, gmm_components: int) -> dict:
 
 
 def samplers_from_state(states: dict) -> dict:
-    """The samplers stored in a checkpoint: Gaussian mixtures, and any sampler a method file
-    defines (iae_lde.py's LDE, which `--fit-lde` adds to any run): its state names the file,
-    whose sampler_from_state rebuilds it."""
-    samplers = {}
-    for name, state in states.items():
-        if "module" in state:
-            samplers[name] = method_module(state["module"]).sampler_from_state(state)
+    """The Gaussian-mixture samplers stored in a checkpoint; a sampler another method file
+    defines (iae_lde.py's LDE, which --fit-lde adds to any run) stays its stored state, for
+    that file's sampler_from_state (named in the state) to rebuild."""
+    return {name: state if "module" in state else LatentSampler(**state)
+            for name, state in states.items()}
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Every parameter group's learning rate set to lr, which is returned (for the log)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def daly_learning_rate(epoch: int, epochs: int, lr: float, warmup_lr: float) -> float:
+    """Daly et al.'s schedule (DAE and its VAE baseline): one warm-up epoch at warmup_lr,
+    then lr, x0.1 from epoch int(0.33 E) and again from int(0.66 E)."""
+    if epoch == 0:
+        return warmup_lr
+    return lr * 0.1 ** ((epoch >= int(0.33 * epochs)) + (epoch >= int(0.66 * epochs)))
+
+
+class Run(typing.NamedTuple):
+    """A trained model and its samplers, as a method file's load_run returns it to eval.py;
+    `images`: its codes -> images in [0, 1], where that is not the sigmoid of its decoder."""
+
+    model: nn.Module
+    args: dict
+    samplers: dict
+    folder: Path
+    images: typing.Callable | None = None
+
+
+@torch.no_grad()
+def encode_all(encode, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Codes [N, d] (float32, CPU) of a whole uint8 image set, in batches, computed in fp32
+    (no autocast), as eval.py encodes."""
+    return torch.cat([encode(images[start:start + batch_size].float().div_(255)).float().cpu()
+                      for start in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def encode(run: Run, images: torch.Tensor) -> torch.Tensor:
+    """Images [B, C, H, W] in [0, 1] -> codes [B, d]."""
+    return run.model.encoder(images)
+
+
+@torch.no_grad()
+def decode(run: Run, codes: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Codes [B, d] -> images [B, C, H, W] in [0, 1], in batches."""
+    images = run.images or (lambda z: torch.sigmoid(run.model.decoder(z)))
+    return torch.cat([images(z).float() for z in codes.split(batch_size)])
+
+
+def sample(run: Run, n: int, sampler: str = "gmm", seed: int = 0) -> torch.Tensor:
+    """n new images [n, C, H, W] in [0, 1]: codes drawn from a latent sampler, decoded."""
+    if sampler not in run.samplers:
+        raise UserError(f"{run.folder} has no '{sampler}' sampler (it has "
+                        f"{sorted(run.samplers) or 'none: finish training first'})")
+    device = next(run.model.parameters()).device
+    return decode(run, run.samplers[sampler].sample(n, seed, device))
+
+
+# === 2. Running a method: options, device, run folder, log, grids, checkpoints, torchrun ===
+def arg(default, help: str, choices=None, low=None, positional=False):
+    """A dataclass field that becomes `--flag` (or an optional positional argument) with
+    this one-line help (and allowed values)."""
+    meta = {"help": help, "choices": choices, "low": low, "positional": positional}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _bounded(kind, low):
+    def convert(text):
+        value = kind(text)  # argparse turns a ValueError into "invalid int value: 'x'"
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+class _HelpFormat(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with each default, and the text after the options as written."""
+
+
+def build_parser(args_cls, description: str | None = None,
+                 epilog: str | None = None) -> argparse.ArgumentParser:
+    """One `--flag` per field of the `Args` dataclass: type, default, help, choices from it."""
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=_HelpFormat)
+    hints = typing.get_type_hints(args_cls)
+    for f in dataclasses.fields(args_cls):
+        kind = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        meta = f.metadata
+        options = {"default": default, "help": meta.get("help", "")}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction  # --flag / --no-flag
         else:
-            samplers[name] = LatentSampler(**state)
-    return samplers
+            item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+            if meta.get("low") is not None:
+                item = _bounded(item, meta["low"])
+            options["type"] = item
+            options["choices"] = meta.get("choices")
+            if typing.get_origin(kind) is list:
+                options["nargs"] = "+"
+        if meta.get("positional"):  # optional: one value, or any number for a list
+            options["nargs"] = "*" if typing.get_origin(kind) is list else "?"
+            parser.add_argument(f.name, **options)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), **options)
+    return parser
 
 
-# 5. Run utilities ------------------------------------------------------------------------
-# Several processes: `torchrun --nproc_per_node=N <method>.py ...` starts N copies of a
-# script, one per GPU. Each keeps 1/N of the training set on its device and takes
-# --batch-size / N images per step; DistributedDataParallel (DDP) averages the gradients, so
-# one step learns from --batch-size images in all. Rank 0 alone writes the run folder. In a
-# plain `python <method>.py` run these helpers return at once: one process, rank 0.
+def parse_args(args_cls, argv=None, description=None, epilog=None):
+    """Parse argv into `args_cls`; also return the names the user gave explicitly."""
+    parser = build_parser(args_cls, description, epilog)
+    namespace = parser.parse_args(argv)
+    # A second pass with every default suppressed tells which flags were typed.
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_args(argv)))
+    return args_cls(**vars(namespace)), given
+
+
+def cli(main, args_cls, doc: str | None, epilog: str | None = None, trains: bool = True):
+    """Entry point of a script: parse, run, and turn user mistakes into one line. --help
+    shows the docstring's first paragraph, the options, then `epilog`. Ctrl-C says what
+    is kept and how to go on (`trains`: a training script, whose checkpoints count)."""
+    description = (doc or "").strip().split("\n\n")[0]
+    args, given = parse_args(args_cls, description=description, epilog=epilog)
+    try:
+        main(args, given)
+        end_processes()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        if LAST_SAVED:
+            folder, what, again = LAST_SAVED
+            print(f"\ninterrupted: {what} in {folder} is kept; continue with {again} {folder}",
+                  file=sys.stderr)
+        elif trains:
+            print("\ninterrupted before the first checkpoint: nothing to resume",
+                  file=sys.stderr)
+        else:
+            print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def world() -> tuple[int, int]:
@@ -656,27 +733,6 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-# bf16 autocast and channels_last: None, on CUDA only (the default); True or False, on or off
-# on any device (the tests rehearse the CUDA path on the CPU with True).
-FAST = None
-
-
-def fast(device: torch.device) -> bool:
-    return device.type == "cuda" if FAST is None else FAST
-
-
-def autocast(device: torch.device):
-    """bf16 autocast where fast(device); nothing otherwise."""
-    if fast(device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last where fast(device), for models and batches; contiguous otherwise."""
-    return torch.channels_last if fast(device) else torch.contiguous_format
-
-
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -766,6 +822,45 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8):
                                  padding=1, pad_value=1.0)
 
 
+def save_reconstructions(images: torch.Tensor, reconstructions: torch.Tensor, path: Path):
+    """Rows of 8 originals, each followed by the row of their reconstructions."""
+    n = len(images) // 8 * 8
+    pairs = torch.stack([images[:n].view(-1, 8, *images.shape[1:]),
+                         reconstructions[:n].view(-1, 8, *images.shape[1:])], 1)
+    save_grid(pairs.flatten(0, 2), path, nrow=8)
+
+
+@torch.no_grad()
+def save_test_reconstructions(model: nn.Module, test_images: torch.Tensor, folder: Path,
+                              images=None):
+    """reconstructions.png: test images and their reconstructions (eval mode), the sigmoid of
+    D(E(x)) or images(E(x))."""
+    model.eval()
+    x = test_images.float() / 255
+    codes = model.encoder(x)
+    decoded = images(codes) if images else torch.sigmoid(model.decoder(codes))
+    save_reconstructions(x, decoded, folder / "reconstructions.png")
+
+
+@torch.no_grad()
+def save_interpolations(run: Run, images: torch.Tensor, path: Path, steps: int = 8):
+    """Rows of: test image a, decodings of (1 - t) E(a) + t E(b) for `steps` values of t
+    from 0 to 1, test image b; pairs (0, 1), (2, 3), ... of `images` [N, C, H, W] in [0, 1]."""
+    pairs = min(8, len(images) // 2)
+    a, b = images[0:2 * pairs:2], images[1:2 * pairs:2]  # [P, C, H, W] each
+    t = torch.linspace(0, 1, steps, device=images.device)[None, :, None]  # [1, steps, 1]
+    codes = encode(run, a)[:, None] * (1 - t) + encode(run, b)[:, None] * t  # [P, steps, d]
+    decoded = decode(run, codes.flatten(0, 1)).view(len(a), steps, *images.shape[1:])
+    rows = torch.cat([a[:, None], decoded.to(images.device), b[:, None]], 1)
+    save_grid(rows.flatten(0, 1), path, nrow=steps + 2)
+
+
+def save_sample_grids(run: Run, seed: int):
+    """samples_<sampler>.png: 64 decoded samples of each sampler of the run."""
+    for name in run.samplers:
+        save_grid(sample(run, 64, name, seed), run.folder / f"samples_{name}.png")
+
+
 def atomic_save(obj, path: Path):
     """torch.save to a temporary file, then rename: a crash never leaves a half file.
     Rank 0 only: under torchrun the other processes hold the same weights."""
@@ -778,8 +873,12 @@ def atomic_save(obj, path: Path):
 
 
 CHECKPOINT = "checkpoint.pt"
+
+
 # (folder, what it holds, the flag that continues it) of this process's run, for Ctrl-C.
 LAST_SAVED = []
+
+
 # Options renamed since runs were written with them: {method: {stored name: today's}}.
 RENAMED = {"eae": {"reg_weight": "entropy_weight", "l2": "l2_weight"},
            "iae_lde": {"components": "lde_components"}}
@@ -812,34 +911,10 @@ def flags(names) -> str:
 
 
 RESUMABLE = ("epochs", "device", "compile")  # flags that may change when resuming
+
+
 # Settings that do not change what a run learns (or only its random draws).
 NOT_A_SETTING = ("data_root", "seed", "device", "compile", "sync_bn", "out_dir", "resume")
-
-
-def as_compared(args: dict) -> dict:
-    """Settings as a paper's are compared with: --depth 1 1 1 1 is --depth 1."""
-    depth = args.get("depth")
-    return {**args, "depth": depth[:1]} if depth and len(set(depth)) == 1 else args
-
-
-def off_paper(args: dict, paper: dict) -> list[str]:
-    """The settings of a run that differ from `paper` (the paper's values of every field
-    of the method's Args that changes the result), as flags; empty when the run is the
-    paper's setting. A paper's figure is printed beside ours only then."""
-    args, paper = as_compared(args), as_compared(paper)
-    return sorted("--" + k.replace("_", "-") for k, v in paper.items()
-                  if k not in NOT_A_SETTING and args.get(k) != v)
-
-
-def paper_row(args: dict, ref: str, table: dict, keyed: tuple, settings) -> dict:
-    """A paper's figures for a run: the row of `table` that the run's `keyed` settings select
-    (lists as tuples), only against the test split and when every other setting that
-    matters is that of the paper's run, `settings(key)`; empty otherwise."""
-    args = as_compared(args)
-    key = tuple(tuple(v) if isinstance(v, list) else v for v in (args[k] for k in keyed))
-    if ref != "test" or key not in table or off_paper(args, settings(key)):
-        return {}
-    return table[key]
 
 
 def resume(args, given: set, method: str = "", resumable=()):
@@ -863,11 +938,11 @@ def resume(args, given: set, method: str = "", resumable=()):
     return type(args)(**{**stored, "resume": args.resume}), checkpoint
 
 
-def start(args, given: set, method: str = "", resumable=()):
+def start(args, given: set, method: str = "", resumable=(), keep=None):
     """The opening of every training run: --resume, device (and processes), seed, data on
     the device. Returns (args, checkpoint or None, device, training images (this process's
-    shard under torchrun), 64 test images), images as uint8 [N, C, H, W]. A run whose args
-    hold `holdout` (iae_lde.py) trains without the last `holdout` training images."""
+    shard under torchrun), 64 test images), images as uint8 [N, C, H, W]; keep(args,
+    images): the training images the method trains on (iae_lde.py holds some out)."""
     checkpoint = None
     if args.resume:
         args, checkpoint = resume(args, given, method, resumable)
@@ -883,11 +958,8 @@ def start(args, given: set, method: str = "", resumable=()):
     load = lambda split: load_images(args.dataset, args.data_root, split, args.image_size,  # noqa
                                      args.crop)
     train_images, test_images = load("train"), load("test")[:64].to(device)
-    holdout = getattr(args, "holdout", 0)
-    if holdout >= len(train_images):
-        raise UserError(f"--holdout {holdout} leaves none of the {len(train_images)} "
-                        f"training images")
-    train_images = train_images[:len(train_images) - holdout]
+    if keep is not None:
+        train_images = keep(args, train_images)
     if args.batch_size > len(train_images):
         raise UserError(f"--batch-size {args.batch_size} is larger than the "
                         f"{len(train_images)} training images")
@@ -921,6 +993,60 @@ def open_run(method: str, args, checkpoint, model: nn.Module, optimizer) -> tupl
     return folder, start_epoch
 
 
+def stop_if_diverged(loss: float, epoch: int, folder: Path):
+    if not math.isfinite(loss):
+        raise UserError(f"the loss became {loss} in epoch {epoch + 1}; the checkpoint of the "
+                        f"last good epoch in {folder} is intact; try a lower --lr")
+
+
+class Epoch:
+    """The plumbing every training loop repeats, for one epoch: its batches (this process's,
+    with a progress bar), the running sums of the terms logged, a divergence check every 50
+    steps, and at the end the terms' means over the steps and the processes (checked) in a
+    log line with the learning rate and the speed."""
+
+    def __init__(self, folder: Path, seed: int, epoch: int, epochs: int, batch_size: int,
+                 label: str = "epoch"):
+        self.folder, self.seed, self.epoch = folder, seed, epoch
+        self.batch, self.images = local_batch(batch_size), batch_size  # this process's, all
+        self.desc, self.sums, self.steps = f"{label} {epoch + 1}/{epochs}", {}, 0
+        self.started, self.bar, self.total = time.time(), None, 0
+
+    def batches(self, images: torch.Tensor, flip: bool = False):
+        """The epoch's float batches [B, C, H, W] of uint8 images (common.batches)."""
+        self.total = len(images) // self.batch  # steps in the epoch
+        self.bar = progress(batches(images, self.batch, self.seed, self.epoch, flip, world()[0]),
+                            total=self.total, desc=self.desc)
+        return self.bar
+
+    def orders(self, n: int, device) -> torch.Tensor:
+        """The epoch's batches of indices [B] of a seeded permutation of n rows."""
+        g, self.total = epoch_generator(self.seed, self.epoch, world()[0]), n // self.batch
+        order = torch.randperm(n, generator=g)[:self.total * self.batch].to(device)
+        self.bar = progress(order.view(self.total, self.batch), desc=self.desc)
+        return self.bar
+
+    def add(self, **terms: torch.Tensor):
+        """One step's terms (scalar tensors; "loss" among them), summed without a sync."""
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0) + value.detach()
+        if self.steps % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
+            self.bar.set_postfix({k: f"{v.item():.4g}" for k, v in terms.items()})
+            stop_if_diverged(terms["loss"].item(), self.epoch, self.folder)
+        self.steps += 1
+
+    def end(self, **logged) -> dict:
+        """The terms' means (over steps and processes), checked, and the log line with
+        `logged` (the learning rate, ...); returns the means."""
+        sums = mean_over_processes(torch.stack([v.float() for v in self.sums.values()]))
+        means = dict(zip(self.sums, (sums / self.steps).tolist()))
+        stop_if_diverged(means["loss"], self.epoch, self.folder)
+        seconds = time.time() - self.started
+        log_epoch(self.folder, {"epoch": self.epoch + 1, **means, **logged, "seconds": seconds,
+                                "images_per_sec": self.steps * self.images / seconds})
+        return means
+
+
 def save_epoch(folder: Path, method: str, args, epoch: int, model, optimizer,
                data_shape, **extra) -> dict:
     """The end-of-epoch checkpoint (atomic; every process calls it, rank 0 writes), with any
@@ -951,80 +1077,18 @@ def keep_log_until(folder: Path, epoch: int):
         os.replace(tmp, path)
 
 
-def fit_ex_post(state: dict, model: nn.Module, train_images: torch.Tensor,
-                test_images: torch.Tensor, folder: Path, seed: int, gmm_components: int) -> "Run":
-    """After training a backbone method (.encoder, .decoder): encode the training set
-    (eval-mode BN), fit N(0, I), MVG and GMM, store them in the checkpoint, and write a
-    sample grid per sampler and interpolations between test images. Returns the run (None
-    on ranks other than 0). A finished run resumed with no epoch to train keeps the
-    samplers it has (a checkpoint of a trained epoch holds none), --fit-lde's LDE too."""
-    model.eval()
-    if state.get("samplers"):
-        print("the run had finished: its samplers are kept")
-        return Run(model, state["args"], samplers_from_state(state["samplers"]), folder) \
-            if is_main() else None
-    print("encoding the training set and fitting N(0, I), MVG and GMM ...")
-    codes = gather_rows(encode_all(model.encoder, train_images))  # all processes' shards
-    if not is_main():
-        return None  # under torchrun the samplers are fitted once, by rank 0
-    samplers = fit_samplers(codes, seed, gmm_components)
-    save_samplers(state, samplers, folder / CHECKPOINT)
-    run = Run(model, state["args"], samplers, folder)
+def keep_samplers(state: dict, samplers: dict, model: nn.Module, test_images: torch.Tensor,
+                  folder: Path, seed: int, images=None) -> Run:
+    """The ex-post samplers, stored in the checkpoint `state` (beside any it holds for these
+    weights already: --fit-lde's LDE; a checkpoint of a trained epoch holds none), and grids
+    of 64 decoded samples of each and of interpolations between test images (rank 0 writes).
+    `images`: the model's codes -> images, where not the sigmoid of its decoder."""
+    state["samplers"] = {**state["samplers"], **{k: v.state_dict() for k, v in samplers.items()}}
+    atomic_save(state, folder / CHECKPOINT)
+    run = Run(model, state["args"], samplers, folder, images)
     save_sample_grids(run, seed)
     save_interpolations(run, test_images.float() / 255, folder / "interpolations.png")
     return run
-
-
-def save_samplers(state: dict, samplers: dict, path: Path):
-    """The fitted samplers, stored in the checkpoint `state` and written (atomically)."""
-    state["samplers"] = {name: sampler.state_dict() for name, sampler in samplers.items()}
-    atomic_save(state, path)
-
-
-@torch.no_grad()
-def save_test_reconstructions(model: nn.Module, test_images: torch.Tensor, folder: Path):
-    """reconstructions.png of a backbone method: test images and sigmoid(D(E(x))), eval mode."""
-    model.eval()
-    x = test_images.float() / 255
-    reconstructions = images_of(model, model.encoder(x))
-    save_reconstructions(x, reconstructions, folder / "reconstructions.png")
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
-    """Every parameter group's learning rate set to lr, which is returned (for the log)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
-
-
-def daly_learning_rate(epoch: int, epochs: int, lr: float, warmup_lr: float) -> float:
-    """Daly et al.'s schedule (DAE and its VAE baseline): one warm-up epoch at warmup_lr,
-    then lr, x0.1 from epoch int(0.33 E) and again from int(0.66 E)."""
-    if epoch == 0:
-        return warmup_lr
-    return lr * 0.1 ** ((epoch >= int(0.33 * epochs)) + (epoch >= int(0.66 * epochs)))
-
-
-def stop_if_diverged(loss: float, epoch: int, folder: Path):
-    if not math.isfinite(loss):
-        raise UserError(f"the loss became {loss} in epoch {epoch + 1}; the checkpoint of the "
-                        f"last good epoch in {folder} is intact; try a lower --lr")
-
-
-@torch.no_grad()
-def encode_all(encode, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Codes [N, d] (float32, CPU) of a whole uint8 image set, in batches, computed in fp32
-    (no autocast), as eval.py encodes."""
-    return torch.cat([encode(images[start:start + batch_size].float().div_(255)).float().cpu()
-                      for start in range(0, len(images), batch_size)])
-
-
-def save_reconstructions(images: torch.Tensor, reconstructions: torch.Tensor, path: Path):
-    """Rows of 8 originals, each followed by the row of their reconstructions."""
-    n = len(images) // 8 * 8
-    pairs = torch.stack([images[:n].view(-1, 8, *images.shape[1:]),
-                         reconstructions[:n].view(-1, 8, *images.shape[1:])], 1)
-    save_grid(pairs.flatten(0, 2), path, nrow=8)
 
 
 def method_module(name: str):
@@ -1045,19 +1109,6 @@ def method_of(run_dir: str):
                         f"(method '{name}')") from None
 
 
-class Run(typing.NamedTuple):
-    """What a method file's load_run returns to eval.py."""
-
-    model: nn.Module
-    args: dict
-    samplers: dict
-    folder: Path
-
-
-# The functions eval.py calls, as the backbone methods (DAE, RAE, EAE) share them: a model
-# with .encoder and .decoder (logits, sigmoid output) and latent samplers.
-
-
 def load_run(run_dir: str, device, build) -> Run:
     """A trained run: build(args, data_shape) makes the model; weights loaded, eval mode."""
     checkpoint = load_checkpoint(run_dir)
@@ -1068,64 +1119,40 @@ def load_run(run_dir: str, device, build) -> Run:
     return Run(model, checkpoint["args"], samplers, Path(run_dir))
 
 
-@torch.no_grad()
-def encode(run: Run, images: torch.Tensor) -> torch.Tensor:
-    """Images [B, C, H, W] in [0, 1] -> codes [B, d]."""
-    return run.model.encoder(images)
+# === 3. Evaluation, for eval.py: the papers' figures, FID, KID, IS, precision / recall ====
+def as_compared(args: dict) -> dict:
+    """Settings as a paper's are compared with: --depth 1 1 1 1 is --depth 1."""
+    depth = args.get("depth")
+    return {**args, "depth": depth[:1]} if depth and len(set(depth)) == 1 else args
 
 
-def images_of(model: nn.Module, codes: torch.Tensor) -> torch.Tensor:
-    """Codes [B, d] -> images [B, C, H, W] in [0, 1]: the sigmoid of the decoder's logits,
-    or the model's own images(codes) where it has one (iae_lde.py's tanh or sigmoid output)."""
-    return model.images(codes) if hasattr(model, "images") else torch.sigmoid(model.decoder(codes))
+def off_paper(args: dict, paper: dict) -> list[str]:
+    """The settings of a run that differ from `paper` (the paper's values of every field
+    of the method's Args that changes the result), as flags; empty when the run is the
+    paper's setting. A paper's figure is printed beside ours only then."""
+    args, paper = as_compared(args), as_compared(paper)
+    return sorted("--" + k.replace("_", "-") for k, v in paper.items()
+                  if k not in NOT_A_SETTING and args.get(k) != v)
 
 
-@torch.no_grad()
-def decode(run: Run, codes: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Codes [B, d] -> images [B, C, H, W] in [0, 1], in batches."""
-    return torch.cat([images_of(run.model, z).float() for z in codes.split(batch_size)])
-
-
-def sample(run: Run, n: int, sampler: str = "gmm", seed: int = 0) -> torch.Tensor:
-    """n new images [n, C, H, W] in [0, 1]: codes drawn from a latent sampler, decoded."""
-    if sampler not in run.samplers:
-        raise UserError(f"{run.folder} has no '{sampler}' sampler (it has "
-                        f"{sorted(run.samplers) or 'none: finish training first'})")
-    device = next(run.model.parameters()).device
-    return decode(run, run.samplers[sampler].sample(n, seed, device))
-
-
-@torch.no_grad()
-def save_interpolations(run: Run, images: torch.Tensor, path: Path, steps: int = 8):
-    """Rows of: test image a, decodings of (1 - t) E(a) + t E(b) for `steps` values of t
-    from 0 to 1, test image b; pairs (0, 1), (2, 3), ... of `images` [N, C, H, W] in [0, 1]."""
-    pairs = min(8, len(images) // 2)
-    a, b = images[0:2 * pairs:2], images[1:2 * pairs:2]  # [P, C, H, W] each
-    t = torch.linspace(0, 1, steps, device=images.device)[None, :, None]  # [1, steps, 1]
-    codes = encode(run, a)[:, None] * (1 - t) + encode(run, b)[:, None] * t  # [P, steps, d]
-    decoded = decode(run, codes.flatten(0, 1)).view(len(a), steps, *images.shape[1:])
-    rows = torch.cat([a[:, None], decoded.to(images.device), b[:, None]], 1)
-    save_grid(rows.flatten(0, 1), path, nrow=steps + 2)
-
-
-def save_sample_grids(run: Run, seed: int):
-    """samples_<sampler>.png: 64 decoded samples of each sampler of the run."""
-    for name in run.samplers:
-        save_grid(sample(run, 64, name, seed), run.folder / f"samples_{name}.png")
-
-
-# 6. GPU evaluation helpers: Inception features, FID, IS, precision / recall --------------
-def missing_weights(what: str, url: str, error: Exception) -> UserError:
-    """The error for pretrained weights that are not in torch's cache and cannot be
-    downloaded: which file, where it belongs, where it comes from."""
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return UserError(f"{what} {Path(url).name} are not in {folder} and could not be "
-                     f"downloaded ({_first_line(error)}); put the file there (from {url})")
+def paper_row(args: dict, ref: str, table: dict, keyed: tuple, settings) -> dict:
+    """A paper's figures for a run: the row of `table` that the run's `keyed` settings select
+    (lists as tuples), only against the test split and when every other setting that
+    matters is that of the paper's run, `settings(key)`; empty otherwise."""
+    args = as_compared(args)
+    key = tuple(tuple(v) if isinstance(v, list) else v for v in (args[k] for k in keyed))
+    if ref != "test" or key not in table or off_paper(args, settings(key)):
+        return {}
+    return table[key]
 
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's port of the TF graph
+
+
 # How images become features; part of every cached statistic's name, with the weights' hash.
 FEATURE_PROTOCOL = "8bit-bilinear299-pool3"
+
+
 # torch-fidelity's fixed random seed: the IS splits' shuffle and the KID subsets are its draws.
 FIDELITY_SEED = 2020
 
@@ -1322,3 +1349,4 @@ def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor, subsets: i
     values = torch.stack(values)
     whole = m == len(real) == len(fake)
     return values.mean().item(), None if whole else values.std(unbiased=False).item()
+

@@ -77,7 +77,6 @@ Deviations and choices:
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import torch
@@ -222,42 +221,29 @@ def train(args: Args, given: set):
     folder, start_epoch = common.open_run("dae", args, checkpoint, model, optimizer)
     wrapped = common.parallel(model, args.compile, args.sync_bn)  # DDP (torchrun), compiled
 
-    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
-    steps = len(train_images) // batch
-    state = checkpoint  # a run resumed with no epoch left to train: its own, samplers too
+    state = checkpoint  # (a run resumed with no epoch left to train: its own)
     for epoch in range(start_epoch, args.epochs):
         lr = common.set_lr(optimizer, common.daly_learning_rate(
             epoch, args.schedule_epochs or args.epochs, args.lr, args.warmup_lr))
         model.train()
-        started, loss_sum = time.time(), torch.zeros((), device=device)
-        bar = common.progress(common.batches(train_images, batch, args.seed, epoch, args.flip),
-                              total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
-        for step, x in enumerate(bar):
+        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        for x in steps.batches(train_images, args.flip):  # [B, C, H, W] in [0, 1]
             with common.autocast(device):
                 logits, _ = wrapped(x)
             loss = reconstruction_loss(logits, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach()
-            if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                common.stop_if_diverged(loss.item(), epoch, folder)
-        mean_loss = common.mean_over_processes(loss_sum).item() / steps  # the BCE
-        common.stop_if_diverged(mean_loss, epoch, folder)
-        seconds = time.time() - started
-        common.log_epoch(folder, {"epoch": epoch + 1, "loss": mean_loss, "lr": lr,
-                                  "seconds": seconds,
-                                  "images_per_sec": steps * args.batch_size / seconds})
+            steps.add(loss=loss)
+        steps.end(lr=lr)  # the epoch's mean BCE, in log.jsonl
         common.save_test_reconstructions(model, test_images, folder)
         state = common.save_epoch(folder, "dae", args, epoch, model, optimizer, data_shape)
 
-    # Ex post, the method's generative half (the same step as every backbone method's):
-    # encode the whole training set with the trained encoder in eval mode, fit N(0, I), MVG
-    # and a GMM to the codes (common.fit_samplers), keep them in the checkpoint, and write a
-    # grid of decoded samples of each density.
-    common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
-                       args.gmm_components)
+    # Ex post, the method's generative half: encode the training set (eval-mode batch norm),
+    # fit N(0, I), MVG and a GMM to the codes, decode samples of each (grids).
+    codes = common.gather_rows(common.encode_all(model.eval().encoder, train_images))  # [N, d]
+    samplers = common.fit_samplers(codes, args.seed, args.gmm_components)
+    common.keep_samplers(state, samplers, model, test_images, folder, args.seed)  # checkpoint
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
     return folder
 

@@ -82,7 +82,6 @@ import copy
 import dataclasses
 import json
 import math
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -508,18 +507,13 @@ def train(args: Args, given: set, link: Path | None = None) -> Path:
     fixed = torch.Generator().manual_seed(args.seed)  # grids comparable across epochs
     grid_patterns = draw_patterns(torch.randint(args.clusters, (64,), generator=fixed), args, fixed)
     grid_noise = torch.randn(64, images.shape[1], args.image_size, args.image_size, generator=fixed)
-    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
-    steps = len(images) // batch
     for epoch in range(training.start_epoch, args.epochs):
         lr_scale, wd = 0.1 ** sum(epoch >= e for e in args.lr_drops), weight_decay(args, epoch)
         for group, lr in zip(optimizer.param_groups, (args.lr, mlp_rate(args))):
             group["lr"], group["weight_decay"] = lr * lr_scale, wd
         model.train()
-        started, loss_sum = time.time(), torch.zeros((), device=device)
-        g = common.epoch_generator(args.seed, epoch)
-        order = torch.randperm(len(images), generator=g)[:steps * batch].to(device)
-        bar = common.progress(order.view(steps, -1), desc=f"epoch {epoch + 1}/{args.epochs}")
-        for step, index in enumerate(bar):
+        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        for step, index in enumerate(steps.orders(len(images), device)):  # [B] training images
             noise, masks, position, target = training_batch(
                 images[index], patterns[index], args, epoch)
             with common.autocast(device):
@@ -528,17 +522,9 @@ def train(args: Args, given: set, link: Path | None = None) -> Path:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            update_ema(ema, model, epoch * steps + step, args.ema_decay)
-            loss_sum += loss.detach()
-            if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                common.stop_if_diverged(loss.item(), epoch, folder)
-        mean_loss = common.mean_over_processes(loss_sum).item() / steps  # the LPIPS
-        seconds = time.time() - started
-        common.stop_if_diverged(mean_loss, epoch, folder)
-        common.log_epoch(folder, {"epoch": epoch + 1, "loss": mean_loss, "lr": args.lr * lr_scale,
-                                  "weight_decay": wd, "seconds": seconds,
-                                  "images_per_sec": steps * args.batch_size / seconds})
+            update_ema(ema, model, epoch * steps.total + step, args.ema_decay)
+            steps.add(loss=loss)
+        steps.end(lr=args.lr * lr_scale, weight_decay=wd)  # the epoch's mean LPIPS, in log.jsonl
         if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
             common.save_epoch(folder, "deciphering", args, epoch, model, optimizer,
                               (images.shape[1], args.image_size), ema=ema.state_dict(),

@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -104,10 +103,10 @@ class Args:
     depth: list[int] = arg([1], "convs per stage (strided last): one value or four", low=1)
     latent_dim: int = arg(128, "latent units: 128 CIFAR-10, 64 CelebA, 16 MNIST", low=1)
     entropy_weight: float = arg(0.05, "lambda of Eq. (2), the entropy term's weight (0: BN "
-                                "only)", low=0, was="reg_weight")
+                                "only)", low=0)
     k: int = arg(1, "neighbour of the Kozachenko-Leonenko estimator", low=1)
     l2_weight: float = arg(-1.0, "weight of the L2 penalty on the decoder's transposed convs; "
-                           "-1: 3e-3 for cifar10, 0 otherwise", low=-1, was="l2")
+                           "-1: 3e-3 for cifar10, 0 otherwise", low=-1)
     spectral_norm: str = arg("auto", "spectral normalisation; auto: all layers for celeba, "
                              "none otherwise", choices=("auto", "none", "decoder", "all"))
     epochs: int = arg(100, "training epochs", low=1)
@@ -219,17 +218,12 @@ def train(args: Args, given: set):
           f"{normal_entropy(args.latent_dim):.2f} nats; L2 {args.l2_weight:g}, spectral norm "
           f"{args.spectral_norm}")
 
-    steps = len(train_images) // batch
-    state = checkpoint  # a run resumed with no epoch left to train: its own, samplers too
+    state = checkpoint  # (a run resumed with no epoch left to train: its own)
     for epoch in range(start_epoch, args.epochs):
         lr = common.set_lr(optimizer, learning_rate(args, epoch))  # exponential decay (Appendix)
         model.train()
-        started = time.time()
-        names = ("reconstruction", "entropy", "decoder_penalty", "loss")  # logged as means
-        sums = torch.zeros(len(names), device=device)
-        bar = common.progress(common.batches(train_images, batch, args.seed, epoch, args.flip),
-                              total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
-        for step, x in enumerate(bar):
+        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        for x in steps.batches(train_images, args.flip):  # [B, C, H, W] in [0, 1]
             with common.autocast(device):
                 logits, z = wrapped(x)
             penalty = decoder_l2(model) if args.l2_weight else torch.zeros((), device=device)
@@ -237,19 +231,9 @@ def train(args: Args, given: set):
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
-            sums += torch.stack([terms[k] for k in names]).detach()
-            if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
-                bar.set_postfix(loss=f"{terms['loss'].item():.2f}",
-                                H=f"{terms['entropy'].item():.1f}")
-                common.stop_if_diverged(terms["loss"].item(), epoch, folder)
-        means = dict(zip(names, (common.mean_over_processes(sums) / steps).tolist()))
-        common.stop_if_diverged(means["loss"], epoch, folder)
-        seconds = time.time() - started
-        common.log_epoch(folder, {
-            "epoch": epoch + 1, **means,
-            # With BN's moments fixed this gap is KL(q || N(0, I)), up to the estimator's bias.
-            "entropy_gap": normal_entropy(args.latent_dim) - means["entropy"], "lr": lr,
-            "seconds": seconds, "images_per_sec": steps * args.batch_size / seconds})
+            # With BN's moments fixed the gap is KL(q || N(0, I)), up to the estimator's bias.
+            steps.add(**terms, entropy_gap=normal_entropy(args.latent_dim) - terms["entropy"])
+        steps.end(lr=lr)  # the epoch's mean of each term, in log.jsonl
         common.save_test_reconstructions(model, test_images, folder)
         # Samples looking good early predict the final FID (Appendix): a grid every epoch.
         prior = common.Run(model, {}, {"normal": common.normal_sampler(args.latent_dim)}, folder)
@@ -257,8 +241,9 @@ def train(args: Args, given: set):
         state = common.save_epoch(folder, "eae", args, epoch, model, optimizer, data_shape)
 
     # N(0, I) needs no fitting; MVG and GMM are fitted on the training codes for comparison.
-    common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
-                       args.gmm_components)
+    codes = common.gather_rows(common.encode_all(model.eval().encoder, train_images))  # [N, d]
+    samplers = common.fit_samplers(codes, args.seed, args.gmm_components)
+    common.keep_samplers(state, samplers, model, test_images, folder, args.seed)  # checkpoint
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
     return folder
 

@@ -227,6 +227,15 @@ def metric_code() -> str:
 METRIC_CODE = metric_code()  # part of every stored figure's request
 
 
+def loaded(method, run_dir: str, device) -> common.Run:
+    """The run as its method file loads it, with any sampler that another file added
+    (iae_lde.py's LDE, by --fit-lde) rebuilt by that file, which its stored state names."""
+    run = method.load_run(run_dir, device)
+    return run._replace(samplers={
+        k: common.method_module(v["module"]).sampler_from_state(v) if isinstance(v, dict) else v
+        for k, v in run.samplers.items()})
+
+
 def read_json(path: Path):
     """A JSON file's content, or None where it is missing or unreadable (a half write)."""
     try:
@@ -239,7 +248,7 @@ def evaluate(run_dir: str, args: Args, net=None) -> dict:
     """Every column of one run (REC, each sampler, Interp), as written to its metrics.json;
     read from there when that was computed for the same request."""
     method, device = common.method_of(run_dir), common.pick_device(args.device)
-    run = method.load_run(run_dir, device)
+    run = loaded(method, run_dir, device)
     samplers = args.samplers or list(run.samplers)
     unknown = sorted(set(samplers) - set(run.samplers))
     if unknown:
@@ -359,7 +368,7 @@ def parzen(run_dir: str, args: Args) -> dict:
     never trained on, mean +- s.e. on the test images scored; with an encoder also each
     sampler's own NLL of those images' codes."""
     method, device = common.method_of(run_dir), common.pick_device(args.device)
-    run = method.load_run(run_dir, device)
+    run = loaded(method, run_dir, device)
     a, root = run.args, args.data_root or run.args["data_root"]
     load = lambda split: common.load_images(a["dataset"], root, split, a["image_size"],  # noqa
                                             a["crop"])  # uint8

@@ -41,7 +41,7 @@ Deviations and choices (where the paper is silent we follow the official code, [
     (official: 55k / 5k after an unseeded shuffle); digits' last 150.
   - Per data set [C]: d, W, beta, K, output and epochs of the official scripts; CIFAR-10's
     had no perceptual loss and K = 50 (train_armdn.sh, 53753c9; the paper: beta 0.1, K 30).
-    digits takes MNIST's, folder and fake CIFAR-10's. CelebA: 140 centre crop to 64.
+    digits takes MNIST's, folder CIFAR-10's. CelebA: 140 centre crop to 64.
   - Perceptual loss [C]: conv3_1 before its ReLU (the paper: relu3_1), ImageNet
     normalisation, grey repeated to RGB; torchvision's VGG19 file, first 11 layers.
   - LDE [C]: ceil(log2 d) blocks Conv1d(kernel 2, dilation 2^i) -> BatchNorm1d ->
@@ -63,7 +63,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -82,8 +81,7 @@ PER_DATASET = {
                     output="tanh", holdout=0, epochs=250),
     "celeba": dict(latent_dim=100, warmup_epochs=100, perc_weight=0.1, lde_components=30,
                    output="tanh", holdout=0, epochs=150)}
-PER_DATASET.update(digits={**PER_DATASET["mnist"], "holdout": 150},
-                   folder=PER_DATASET["cifar10"], fake=PER_DATASET["cifar10"])
+PER_DATASET.update(digits={**PER_DATASET["mnist"], "holdout": 150}, folder=PER_DATASET["cifar10"])
 PAPER_PARZEN = "326 +- 2 nats, AE + LDE and IAE + LDE alike (Table 2; 28x28, ours 32x32)"
 LDE_SETTINGS = ("lde_components", "lde_epochs", "lde_batch_size", "lde_lr", "lde_lr_drops",
                 "lde_holdout")
@@ -104,7 +102,7 @@ class Args:
     output: str = arg("tanh", "decoder output (MNIST: sigmoid)", choices=("tanh", "sigmoid"))
     holdout: int = arg(0, "last training images left out for the Parzen width (MNIST 5000)", low=0)
     epochs: int = arg(250, "autoencoder epochs (MNIST 390, CelebA 150)", low=1)
-    lde_components: int = arg(50, "K of the LDE (MNIST, CelebA 30)", low=1, was="components")
+    lde_components: int = arg(50, "K of the LDE (MNIST, CelebA 30)", low=1)
     batch_size: int = arg(128, "autoencoder batch size", low=1)
     lr: float = arg(1e-3, "Adam learning rate of the autoencoder", low=0)
     lr_drops: list[int] = arg([20, 50, 100, 200], "epochs at which the lr halves", low=0)
@@ -216,10 +214,19 @@ def autoencoder_loss(output, x, low: float, perceptual, perc_weight: float) -> t
     return loss
 
 
+def without_holdout(args, images: torch.Tensor) -> torch.Tensor:
+    """The training images stage one trains on: all but the last --holdout (MNIST's 5,000,
+    which choose the Parzen width and the LDE's epoch)."""
+    if args.holdout >= len(images):
+        raise common.UserError(f"--holdout {args.holdout} leaves none of the {len(images)} "
+                               f"training images")
+    return images[:len(images) - args.holdout]
+
+
 def train(args: Args, given: set):
     """Stage one; ends with the ex-post N(0, I), MVG and GMM. Returns (folder, args)."""
     args, checkpoint, device, train_images, test_images = common.start(
-        args, given, "iae_lde", resumable=LDE_SETTINGS)
+        args, given, "iae_lde", resumable=LDE_SETTINGS, keep=without_holdout)
     data_shape = tuple(train_images.shape[1:3])  # channels, image size (square images)
     model = IAE(args, *data_shape).to(device)
     perceptual = Perceptual().to(device) if args.perc_weight > 0 else None
@@ -228,37 +235,26 @@ def train(args: Args, given: set):
     folder, start_epoch = common.open_run("iae_lde", args, checkpoint, model, optimizer)
     wrapped = common.parallel(model, args.compile, args.sync_bn)  # DDP (torchrun), compiled
 
-    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
-    steps = len(train_images) // batch
-    state = checkpoint  # a run resumed with no epoch left to train: its own, samplers too
+    state = checkpoint  # (a run resumed with no epoch left to train: its own)
     for epoch in range(start_epoch, args.epochs):
         lr = common.set_lr(optimizer, args.lr / 2 ** sum(epoch >= d for d in args.lr_drops))
         model.train()
-        started, loss_sum = time.time(), torch.zeros((), device=device)
-        bar = common.progress(common.batches(train_images, batch, args.seed, epoch, args.flip),
-                              total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
-        for step, x in enumerate(bar):
-            active = active_dims(args.latent_dim, args.warmup_epochs, epoch, step, steps)
+        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        for step, x in enumerate(steps.batches(train_images, args.flip)):  # [B, C, S, S]
+            active = active_dims(args.latent_dim, args.warmup_epochs, epoch, step, steps.total)
             with common.autocast(device):
                 output, _ = wrapped(x, active)
                 loss = autoencoder_loss(output, x, model.low, perceptual, args.perc_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach()
-            if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
-                bar.set_postfix(loss=f"{loss.item():.4f}", active=active)
-                common.stop_if_diverged(loss.item(), epoch, folder)
-        mean_loss = common.mean_over_processes(loss_sum).item() / steps
-        common.stop_if_diverged(mean_loss, epoch, folder)
-        seconds = time.time() - started
-        common.log_epoch(folder, {"epoch": epoch + 1, "loss": mean_loss, "active_dims": active,
-                                  "lr": lr, "seconds": seconds,
-                                  "images_per_sec": steps * args.batch_size / seconds})
-        common.save_test_reconstructions(model, test_images, folder)
+            steps.add(loss=loss)
+        steps.end(active_dims=active, lr=lr)  # the epoch's mean loss, in log.jsonl
+        common.save_test_reconstructions(model, test_images, folder, model.images)
         state = common.save_epoch(folder, "iae_lde", args, epoch, model, optimizer, data_shape)
-    common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
-                       args.gmm_components)
+    codes = common.gather_rows(common.encode_all(model.eval().encoder, train_images))  # [N, d]
+    samplers = common.fit_samplers(codes, args.seed, args.gmm_components)
+    common.keep_samplers(state, samplers, model, test_images, folder, args.seed, model.images)
     return folder, args
 
 
@@ -328,10 +324,10 @@ class LDESampler:
 
 
 def sampler_from_state(state: dict) -> LDESampler:
-    """What common.samplers_from_state calls for a stored LDE (its state names this file)."""
+    """A stored LDE rebuilt (its state names this file: eval.py finds it so in any run)."""
     lde = LDE(state["latent_dim"], state["components"])
     lde.load_state_dict(state["weights"])
-    return LDESampler(lde, state.get("settings", {}))
+    return LDESampler(lde, state["settings"])
 
 
 def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict | None = None,
@@ -367,28 +363,26 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict
     if args.lde_batch_size > len(codes):
         raise common.UserError(f"--lde-batch-size {args.lde_batch_size} is larger than the "
                                f"{len(codes)} codes it trains on")
-    steps = len(codes) // args.lde_batch_size
     for epoch in range(start, args.lde_epochs):
         lr = common.set_lr(optimizer, args.lde_lr / 2 ** sum(epoch >= d for d in args.lde_lr_drops))
         lde.train()
-        started, loss_sum = time.time(), torch.zeros((), device=device)
-        order = torch.randperm(len(codes), generator=common.epoch_generator(args.seed, epoch))
-        for step in common.progress(range(steps), desc=f"LDE epoch {epoch + 1}/{args.lde_epochs}"):
-            z = codes[order[step * args.lde_batch_size:(step + 1) * args.lde_batch_size]]
+        steps = common.Epoch(folder, args.seed, epoch, args.lde_epochs, args.lde_batch_size,
+                             label="LDE epoch")
+        for index in steps.orders(len(codes), device):  # [B] rows of the codes
+            z = codes[index]  # [B, d]
             loss = mixture_nll(*lde(z), z).mean()  # Eq. (4), also averaged over the batch
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach()
-        record = {"stage": "lde", "epoch": epoch + 1, "loss": loss_sum.item() / steps}
-        common.stop_if_diverged(record["loss"], epoch, folder)
+            steps.add(loss=loss)
+        held_out = {}
         if len(held):  # eval mode: batch norms with their running statistics; nats per dim
             nll = -LDESampler(lde, {}).log_prob(held).mean().item() / codes.shape[1]
-            record["validation_loss"] = nll
+            held_out["validation_loss"] = nll
             if nll < best["nll"]:
                 best = {"nll": nll, "epoch": epoch + 1,
                         "model": {k: v.clone() for k, v in lde.state_dict().items()}}
-        common.log_epoch(folder, {**record, "lr": lr, "seconds": time.time() - started})
+        steps.end(stage="lde", **held_out, lr=lr)  # the epoch's mean NLL per dim, in log.jsonl
         if state is not None:
             if stamp() != written:
                 raise common.UserError(f"{path} was rewritten while the LDE was fitted (is the "
@@ -411,8 +405,8 @@ def data_splits(run_args: dict, data_root: str) -> tuple[torch.Tensor, torch.Ten
     and with only, its last --holdout images (uint8)."""
     images = common.load_images(run_args["dataset"], data_root, "train",
                                 run_args["image_size"], run_args["crop"])
-    cut = len(images) - run_args["holdout"]
-    return images[:cut], images[cut:]
+    trained = without_holdout(Args(**run_args), images)
+    return trained, images[len(trained):]
 
 
 def fit_lde(run_dir: str, args: Args, given: set):
@@ -441,20 +435,25 @@ def fit_lde(run_dir: str, args: Args, given: set):
     codes = common.encode_all(encode, images.to(device))  # [N, d]
     held = common.encode_all(encode, held.to(device)) if held is not None and len(held) else None
     print(f"stage two: the LDE on {len(codes)} codes of dimension {codes.shape[1]}")
-    if "lde" in run.samplers:
-        print(f"replacing the run's LDE, fitted with {run.samplers['lde'].settings}")
+    if "lde" in state["samplers"]:
+        print(f"replacing the run's LDE, fitted with {state['samplers']['lde']['settings']}")
     run.samplers["lde"] = train_lde(codes, args, folder, device, state, held)
-    common.save_samplers(state, run.samplers, folder / common.CHECKPOINT)
+    state["samplers"]["lde"] = run.samplers["lde"].state_dict()
+    common.atomic_save(state, folder / common.CHECKPOINT)
     common.save_grid(method.sample(run, 64, "lde", args.seed), folder / "samples_lde.png")
 
 
-# -- Sampling (the shared one: codes from a sampler, decoded) and the paper's figure -----
+# -- Sampling: codes from a sampler (the LDE or an ex-post one), decoded by the IAE -------
 def load_run(run_dir: str, device: str = "cpu") -> common.Run:
-    """A trained run: the model in eval mode on `device` and its fitted samplers (lde too)."""
-    return common.load_run(run_dir, device, lambda args, shape: IAE(Args(**args), *shape))
+    """A trained run: the model in eval mode on `device`, decoding with its own output range
+    (IAE.images), and its samplers, the LDE rebuilt."""
+    run = common.load_run(run_dir, device, lambda args, shape: IAE(Args(**args), *shape))
+    samplers = {k: sampler_from_state(v) if isinstance(v, dict) else v
+                for k, v in run.samplers.items()}
+    return run._replace(samplers=samplers, images=run.model.images)
 
 
-encode, decode, sample = common.encode, common.decode, common.sample  # decode: IAE.images
+encode, decode, sample = common.encode, common.decode, common.sample  # decode: run.images
 
 
 def paper_parzen(run_args: dict, samples: int) -> str:

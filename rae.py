@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -299,26 +298,18 @@ def train(args: Args, given: set):
     # RAE-GP differentiates twice, which compiled graphs do not support: it runs eagerly.
     wrapped = common.parallel(model, args.compile and args.variant != "rae-gp", args.sync_bn)
 
-    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
-    steps = len(train_images) // batch
-    state = checkpoint  # a run resumed with no epoch left to train: its own, samplers too
+    state = checkpoint  # (a run resumed with no epoch left to train: its own)
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        started, sums = time.time(), torch.zeros(4, device=device)  # the 3 terms, the loss
-        bar = common.progress(common.batches(train_images, batch, args.seed, epoch),
-                              total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
-        for step, x in enumerate(bar):
+        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        for x in steps.batches(train_images):  # [B, C, H, W] in [0, 1]
             with common.autocast(device):
                 terms = loss_terms(model, x, args, wrapped)
             terms["loss"] = rae_loss(terms, beta, reg_weight)  # Eq. (11)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
-            sums += torch.stack(list(terms.values())).detach()
-            if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
-                bar.set_postfix(loss=f"{terms['loss'].item():.2f}")
-                common.stop_if_diverged(terms["loss"].item(), epoch, folder)
-        means = dict(zip(terms, (common.mean_over_processes(sums) / steps).tolist()))
+            steps.add(**terms)
         model.eval()  # validation loss (BN with running statistics) drives the lr
         with torch.enable_grad() if args.variant == "rae-gp" else torch.no_grad():
             val = sum(len(x) * rae_loss(loss_terms(model, x.float() / 255, args), beta,
@@ -329,16 +320,15 @@ def train(args: Args, given: set):
         common.stop_if_diverged(validation_loss, epoch, folder)
         lr = optimizer.param_groups[0]["lr"]
         plateau.step(validation_loss)
-        seconds = time.time() - started
-        common.log_epoch(folder, {"epoch": epoch + 1, **means, "validation_loss": validation_loss,
-                                  "lr": lr, "seconds": seconds,
-                                  "images_per_sec": steps * args.batch_size / seconds})
+        steps.end(validation_loss=validation_loss, lr=lr)  # the epoch's means, in log.jsonl
         common.save_test_reconstructions(model, test_images, folder)
         state = common.save_epoch(folder, "rae", args, epoch, model, optimizer, data_shape,
                                   plateau=plateau.state_dict(), validation_images=held)
+
     # Ex-post density estimation on the codes of the training split.
-    common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
-                       args.gmm_components)
+    codes = common.gather_rows(common.encode_all(model.eval().encoder, train_images))  # [N, d]
+    samplers = common.fit_samplers(codes, args.seed, args.gmm_components)
+    common.keep_samplers(state, samplers, model, test_images, folder, args.seed)  # checkpoint
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
     return folder
 

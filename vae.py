@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -214,39 +213,28 @@ def train(args: Args, given: set):
     wrapped = common.parallel(model, args.compile, args.sync_bn)  # DDP (torchrun), compiled
     print(f"{args.loss} reconstruction + {beta:.4g} KL")
 
-    batch = common.local_batch(args.batch_size)  # this process's share (torchrun)
-    steps = len(train_images) // batch
-    state = checkpoint  # a run resumed with no epoch left to train: its own, samplers too
+    state = checkpoint  # (a run resumed with no epoch left to train: its own)
     for epoch in range(start_epoch, args.epochs):
         lr = common.set_lr(optimizer, common.daly_learning_rate(
             epoch, args.schedule_epochs or args.epochs, args.lr, args.warmup_lr))
         model.train()
-        names = ("reconstruction", "kl", "loss")  # the terms logged, as epoch means
-        started, sums = time.time(), torch.zeros(len(names), device=device)
-        bar = common.progress(common.batches(train_images, batch, args.seed, epoch),
-                              total=steps, desc=f"epoch {epoch + 1}/{args.epochs}")
-        for step, x in enumerate(bar):
+        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        for x in steps.batches(train_images):  # [B, C, H, W] in [0, 1]
             with common.autocast(device):
                 logits, mu, log_sigma = wrapped(x)
             terms = vae_loss(logits, x, mu, log_sigma, args.loss, beta)  # negative ELBO
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
-            sums += torch.stack([terms[k] for k in names]).detach()
-            if step % 50 == 0:  # a sync every 50 steps: progress bar and divergence check
-                bar.set_postfix(loss=f"{terms['loss'].item():.4f}", kl=f"{terms['kl'].item():.1f}")
-                common.stop_if_diverged(terms["loss"].item(), epoch, folder)
-        means = dict(zip(names, (common.mean_over_processes(sums) / steps).tolist()))
-        common.stop_if_diverged(means["loss"], epoch, folder)
-        seconds = time.time() - started
-        common.log_epoch(folder, {"epoch": epoch + 1, **means, "lr": lr, "seconds": seconds,
-                                  "images_per_sec": steps * args.batch_size / seconds})
+            steps.add(**terms)
+        steps.end(lr=lr)  # the epoch's mean of each term, in log.jsonl
         common.save_test_reconstructions(model, test_images, folder)
         state = common.save_epoch(folder, "vae", args, epoch, model, optimizer, data_shape)
 
     # The prior N(0, I) is the VAE's own sampler; MVG and GMM are fitted on the means.
-    common.fit_ex_post(state, model, train_images, test_images, folder, args.seed,
-                       args.gmm_components)
+    codes = common.gather_rows(common.encode_all(model.eval().encoder, train_images))  # [N, d]
+    samplers = common.fit_samplers(codes, args.seed, args.gmm_components)
+    common.keep_samplers(state, samplers, model, test_images, folder, args.seed)  # checkpoint
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
     return folder
 

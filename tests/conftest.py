@@ -54,6 +54,36 @@ def _checkout_state():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def fake_data_set():
+    """dataset="fake" in this process: fakes.fake_images, 256 training and 64 test images of
+    coloured blobs (a data set of the tests, not a --dataset choice of the scripts); the IAE
+    takes CIFAR-10's official settings for it, as for any image folder."""
+    import common
+    import iae_lde
+    from fakes import fake_images
+
+    load = common.load_images
+
+    def with_fake(name, root, split, image_size=0, crop=0):
+        if name != "fake":
+            return load(name, root, split, image_size, crop)
+        return fake_images(split, image_size or 32)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(common, "load_images", with_fake)
+        patch.setitem(iae_lde.PER_DATASET, "fake", iae_lde.PER_DATASET["cifar10"])
+        yield
+
+
+@pytest.fixture(scope="session")
+def fake_folder(tmp_path_factory):
+    """The fake images as an image folder, for the scripts the tests start."""
+    from fakes import write_fake_folder
+
+    return write_fake_folder(tmp_path_factory.mktemp("fake"))
+
+
+@pytest.fixture(scope="session", autouse=True)
 def checkout_stays_clean():
     """Tests write only under their temporary folders, never into the repository."""
     before = _checkout_state()

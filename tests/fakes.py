@@ -1,8 +1,37 @@
-"""Stand-ins for downloads the tests and the benchmark cannot make offline."""
+"""Stand-ins for downloads the tests and the benchmark cannot make offline, and the tests'
+synthetic data set."""
 from pathlib import Path
 from unittest import mock
 
 import torch
+
+
+def fake_images(split: str, image_size: int = 32) -> torch.Tensor:
+    """Deterministic synthetic RGB images (coloured Gaussian blobs), uint8 [N, 3, S, S]: 256
+    for train, 64 for test. The tests' dataset "fake" (conftest), not a --dataset choice."""
+    n = 256 if split == "train" else 64
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    axis = torch.linspace(-1, 1, image_size)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    centres = torch.rand(n, 3, 2, generator=g) * 1.6 - 0.8  # three blobs per image
+    colours = torch.rand(n, 3, 3, 1, 1, generator=g)
+    dist2 = (xx - centres[..., 0, None, None]) ** 2 + (yy - centres[..., 1, None, None]) ** 2
+    blobs = torch.exp(-dist2 / 0.08)[:, :, None]  # [N, 3 blobs, 1, S, S]
+    images = (blobs * colours).sum(1).clamp(0, 1)  # [N, 3, S, S]
+    return (images * 255).round().to(torch.uint8)
+
+
+def write_fake_folder(root: Path) -> Path:
+    """The fake images as an image folder (train/ and test/, PNG) for scripts started as
+    subprocesses: --dataset folder --data-root ROOT reads the same images."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        folder = Path(root) / split / "blobs"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(fake_images(split)):
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    return Path(root)
 
 
 def write_random_inception(torch_home: Path, seed: int = 0) -> Path:

@@ -13,7 +13,7 @@ class Args:
     lr: float = arg(1e-3, "learning rate", low=0)
     flip: bool = arg(False, "random flips")
     depth: list[int] = arg([1], "convs per stage", low=1)
-    entropy_weight: float = arg(0.05, "lambda", low=0, was="reg_weight")
+    entropy_weight: float = arg(0.05, "lambda", low=0)
 
 
 def test_defaults_and_help():
@@ -34,12 +34,10 @@ def test_values_of_every_kind():
     assert parse_args(Args, ["--flip", "--no-flip"])[0].flip is False
 
 
-def test_a_renamed_option_still_takes_its_old_name_unseen():
-    """`was`: the old name sets the field (and counts as typed) but --help does not show it."""
-    args, given = parse_args(Args, ["--reg-weight", "0.3"])
-    assert args.entropy_weight == 0.3 and given == {"entropy_weight"}
-    assert parse_args(Args, [])[0].entropy_weight == 0.05
-    assert "--reg-weight" not in build_parser(Args).format_help()
+def test_an_old_name_of_an_option_is_no_option():
+    """Renamed options keep no alias (a run written with one: test_lifecycle.py)."""
+    with pytest.raises(SystemExit):
+        parse_args(Args, ["--reg-weight", "0.3"])
 
 
 def test_list_default_not_shared():

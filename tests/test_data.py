@@ -1,6 +1,7 @@
 """Data loaders and the on-device batches of common.py, on files the tests write."""
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,7 +178,7 @@ def test_fixed_size_data_sets_refuse_another_size(name, tmp_path):
         common.load_images(name, tmp_path, "train", image_size=64)
 
 
-@pytest.mark.parametrize("name", ["cifar10", "mnist", "digits", "fake"])
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "digits"])
 def test_a_crop_of_images_that_are_not_cropped_is_refused(name, tmp_path):
     """--crop acts on CelebA and image folders only; elsewhere it would be ignored."""
     with pytest.raises(common.UserError, match="--crop applies to celeba and folder images"):
@@ -200,12 +201,18 @@ def test_digits():
     np.testing.assert_array_equal(test[:, 0].numpy(), expected)
 
 
-def test_fake_is_deterministic():
+def test_the_tests_fake_data_set_is_deterministic_and_its_folder_the_same(fake_folder):
+    """The tests' synthetic images (dataset "fake" in the test process), and the image
+    folder the scripts they start read: the same images."""
     a = common.load_images("fake", "", "train")
     assert a.shape == (256, 3, 32, 32)
     assert torch.equal(a, common.load_images("fake", "", "train"))
     assert not torch.equal(a[:64], common.load_images("fake", "", "test"))
     assert common.load_images("fake", "", "test", image_size=64).shape == (64, 3, 64, 64)
+    assert "fake" not in common.DATASETS
+    for split in ("train", "test"):
+        assert torch.equal(common.load_images("folder", str(fake_folder), split),
+                           common.load_images("fake", "", split))
 
 
 def write_idx(path, array: np.ndarray):
@@ -299,14 +306,17 @@ def test_each_torchrun_process_draws_its_own_batch_order(monkeypatch):
     order differs from rank 0's, and rank 0's is a one-process run's; the seed matters too."""
     images = torch.arange(200, dtype=torch.uint8).view(200, 1, 1, 1)
 
-    def order(rank, size, seed=0):
-        monkeypatch.setattr(common, "world", lambda: (rank, size))
-        return torch.cat(list(common.batches(images, 10, seed=seed, epoch=2))).flatten()
+    def order(rank, seed=0):
+        return torch.cat(list(common.batches(images, 10, seed=seed, epoch=2, rank=rank))).flatten()
 
-    alone, first, second = order(0, 1), order(0, 2), order(1, 2)
+    alone, first, second = torch.cat(list(common.batches(images, 10, 0, 2))).flatten(), \
+        order(0), order(1)
     assert torch.equal(alone, first) and not torch.equal(first, second)
     assert torch.equal(second.sort().values, first.sort().values)  # both a whole shard
-    assert not torch.equal(order(0, 2, seed=1), first)
+    assert not torch.equal(order(0, seed=1), first)
+    monkeypatch.setattr(common, "world", lambda: (1, 2))  # what a process's Epoch passes
+    steps = common.Epoch(Path("."), 0, 2, 3, 20)
+    torch.testing.assert_close(torch.cat(list(steps.batches(images))).flatten(), second)
 
 
 def test_batch_flip_mirrors_half_the_images():

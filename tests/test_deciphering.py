@@ -645,12 +645,13 @@ def test_a_two_phase_run_stopped_anywhere_resumes_as_if_never_stopped(stop, weig
     (["--finetune-from", "nowhere", "--phase-two-epochs", "3"], ["--phase-two-epochs", "--epochs"]),
     (["--dataset", "digits", "--image-size", "48", "--batch-size", "1600"], ["larger than"]),
 ])
-def test_bad_flags_are_one_line_errors(argv, words, weights, tmp_path, capsys):
+def test_bad_flags_are_one_line_errors(argv, words, weights, fake_folder, tmp_path, capsys):
     if "RUN_OF_ANOTHER_METHOD" in argv:
         common.atomic_save({"method": "dae", "args": {}}, tmp_path / common.CHECKPOINT)
         argv = [tmp_path if a == "RUN_OF_ANOTHER_METHOD" else a for a in argv]
-    tiny = ["--dataset", "fake", "--widths", "16", "32", "64", "128", "--active", "1", "2",
-            "4", "--clusters", "4", "--latent-dim", "16", "--batch-size", "32", "--device", "cpu"]
+    tiny = ["--dataset", "folder", "--data-root", fake_folder, "--widths", "16", "32", "64",
+            "128", "--active", "1", "2", "4", "--clusters", "4", "--latent-dim", "16",
+            "--batch-size", "32", "--device", "cpu"]
     last = cli_error(D, [*tiny, "--epochs", "1", "--out-dir", tmp_path, *argv], capsys)
     assert last.startswith("error:") and all(w in last for w in words), last
 

@@ -32,12 +32,14 @@ def epochs_logged(run):
                 "--variant", "rae-gp"]),  # differentiates twice through DDP
     ("vae.py", [*DIGITS, "--filters", "4", "--latent-dim", "4", "--gmm-components", "2"]),
     ("iae_lde.py", [*DIGITS, "--filters", "8", "--latent-dim", "4", "--warmup-epochs", "1",
-                    "--components", "3", "--lde-epochs", "1", "--gmm-components", "2"]),
-    ("deciphering.py", ["--dataset", "fake", "--widths", "8", "16", "32", "64", "--active", "1",
+                    "--lde-components", "3", "--lde-epochs", "1", "--gmm-components", "2"]),
+    ("deciphering.py", ["--dataset", "FAKE", "--widths", "8", "16", "32", "64", "--active", "1",
                         "2", "4", "--clusters", "4", "--latent-dim", "8", "--batch-size", "32",
                         "--lpips-size", "32", "--save-every", "1", "--device", "cpu"]),
 ])
-def test_each_method_runs_as_two_processes(script, flags, tmp_path, torch_home):
+def test_each_method_runs_as_two_processes(script, flags, tmp_path, torch_home, fake_folder):
+    flags = [word for f in flags  # FAKE: the tests' images, as a folder
+             for word in (["folder", "--data-root", fake_folder] if f == "FAKE" else [f])]
     result = run_with_weights(torch_home, *TORCHRUN, script, *flags, "--epochs", "2",
                               "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -54,11 +56,12 @@ def test_each_method_runs_as_two_processes(script, flags, tmp_path, torch_home):
         assert len(checkpoint["patterns"]) == 256  # every image's pattern, not a shard's
 
 
-def test_one_ddp_step_equals_one_process_step(tmp_path):
+def test_one_ddp_step_equals_one_process_step(tmp_path, fake_folder):
     """dae.py without batch norm: one step of a global batch of 256 split over 2 processes
     gives the weights of one process taking the 256 at once (that one in this process)."""
-    flags = ["--dataset", "fake", "--filters", "4", "--latent-dim", "4", "--epochs", "1",
-             "--batch-size", "256", "--no-batch-norm", "--gmm-components", "1", "--device", "cpu"]
+    flags = ["--dataset", "folder", "--data-root", fake_folder, "--filters", "4", "--latent-dim",
+             "4", "--epochs", "1", "--batch-size", "256", "--no-batch-norm", "--gmm-components",
+             "1", "--device", "cpu"]
     two = run_script(*TORCHRUN, "dae.py", *flags, "--out-dir", tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     one_run = train(dae, tmp_path / "one", dataset="fake", filters=4, latent_dim=4, epochs=1,

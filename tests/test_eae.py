@@ -196,10 +196,11 @@ def test_the_entropy_term_raises_the_codes_entropy(tmp_path):
 
 
 @pytest.mark.parametrize("k", [4, 5])
-def test_too_few_codes_per_process_for_k(k, tmp_path, capsys):
+def test_too_few_codes_per_process_for_k(k, fake_folder, tmp_path, capsys):
     """The k-th neighbour of a code needs k other codes in its batch: k < batch."""
-    last = cli_error(eae, ["--dataset", "fake", "--k", k, "--batch-size", "4", "--device",
-                           "cpu", "--out-dir", tmp_path], capsys)
+    last = cli_error(eae, ["--dataset", "folder", "--data-root", fake_folder, "--k", k,
+                           "--batch-size", "4", "--device", "cpu", "--out-dir", tmp_path],
+                     capsys)
     assert f"--k {k} needs batches of more than {k} codes" in last
 
 

@@ -260,11 +260,14 @@ def test_head_channels_are_pi_mu_sigma():
 
 
 def test_stored_lde_sampler_round_trips():
-    """Through a checkpoint's sampler states, as eval.py loads it, with how it was fitted."""
+    """Through a checkpoint's sampler states, as eval.py loads it (common.py leaves the
+    state to the file it names), with how it was fitted."""
     torch.manual_seed(0)
     lde = I.LDE(7, 3).eval()
     sampler = I.LDESampler(lde, {"lde_components": 3, "lde_epochs": 9})
-    restored = common.samplers_from_state({"lde": sampler.state_dict()})["lde"]
+    state = common.samplers_from_state({"lde": sampler.state_dict()})["lde"]
+    assert isinstance(state, dict) and state["module"] == "iae_lde"
+    restored = common.method_module(state["module"]).sampler_from_state(state)
     assert isinstance(restored, I.LDESampler) and restored.settings == sampler.settings
     assert torch.equal(restored.sample(20, seed=2), sampler.sample(20, seed=2))
 
@@ -378,7 +381,7 @@ def test_decoder_output_and_loss_range(output):
     outputs = []
     last.register_forward_hook(lambda module, inputs, out: outputs.append(out))
     z = torch.randn(5, 6) * 3
-    images = I.decode(common.Run(model, {}, {}, None), z)
+    images = I.decode(common.Run(model, {}, {}, None, model.images), z)  # as load_run's
     y = outputs[-1]
     unit = (torch.tanh(y) + 1) / 2 if output == "tanh" else torch.sigmoid(y)
     torch.testing.assert_close(images, unit)
@@ -521,14 +524,17 @@ def test_fit_lde_on_a_dae_run(tmp_path, monkeypatch):
                                   data_root=elsewhere), {"data_root"})
     assert roots[-1] == elsewhere
     assert (folder / "samples_lde.png").stat().st_size > 0
-    loaded = dae.load_run(folder)
+    import eval as eval_module
+
+    assert isinstance(dae.load_run(folder).samplers["lde"], dict)  # for iae_lde.py to rebuild
+    loaded = eval_module.loaded(dae, folder, "cpu")  # as eval.py loads the run
     assert isinstance(loaded.samplers["lde"], I.LDESampler)
     images = dae.sample(loaded, 5, "lde", seed=1)
     assert images.shape == (5, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--dataset", "fake", "--image-size", "36", "--perc-weight", "0"], ["--image-size"]),
+    (["--dataset", "digits", "--image-size", "36", "--perc-weight", "0"], ["--image-size"]),
     (["--fit-lde", "no/such/run"], ["no checkpoint.pt"]),
 ])
 def test_user_errors(argv, words, tmp_path, capsys):
@@ -581,11 +587,21 @@ def test_held_out_images_never_reach_training(tmp_path):
     last N are only for choosing the Parzen width."""
     args = I.Args(dataset="digits", holdout=150, batch_size=64, device="cpu",
                   data_root=str(tmp_path))
-    _, _, _, train_images, _ = common.start(args, set())
+    _, _, _, train_images, _ = common.start(args, set(), keep=I.without_holdout)
     full = common.load_images("digits", "", "train")
     assert len(full) == 1500 and torch.equal(train_images, full[:1350])
+    trained, held = I.data_splits(dataclasses.asdict(args), "")  # as --fit-lde and eval.py
+    assert torch.equal(trained, full[:1350]) and torch.equal(held, full[1350:])
+    seen = []
+    start = common.start
+    with mock.patch.object(common, "start", lambda *a, **k: seen.append(k) or start(*a, **k)):
+        with pytest.raises(StopIteration):  # (stopped once start has been called)
+            with mock.patch.object(I, "IAE", mock.Mock(side_effect=StopIteration)):
+                I.train(args, set())
+    assert seen[0]["keep"] is I.without_holdout  # what stage one trains on
     with pytest.raises(common.UserError, match="--holdout"):
-        common.start(I.Args(dataset="digits", holdout=1500, device="cpu"), set())
+        common.start(I.Args(dataset="digits", holdout=1500, device="cpu"), set(),
+                     keep=I.without_holdout)
 
 
 DIGITS = dict(dataset="digits", filters=4, latent_dim=3, warmup_epochs=1, epochs=1,

@@ -89,12 +89,12 @@ def observed_run(module, monkeypatch, stop=None) -> dict:
     seen = {"epochs": {}, "active": []}
     generator, progress = common.epoch_generator, common.progress
 
-    def spy(seed, epoch):
+    def spy(seed, epoch, rank=0):
         frame = sys._getframe(1)
         while frame.f_globals.get("__name__") != module.__name__:
             frame = frame.f_back
         seen["epochs"][(frame.f_code.co_name, epoch)] = state_of(frame.f_locals)
-        return generator(seed, epoch)
+        return generator(seed, epoch, rank)
 
     def stopping(iterable, desc="", **kwargs):
         label, epoch, step = stop
