@@ -14,44 +14,25 @@ Images that cross a file boundary are float NCHW tensors in [0, 1].
 """
 from __future__ import annotations
 
-
 import argparse
-
 import contextlib
-
 import dataclasses
-
 import datetime
-
 import hashlib
-
 import importlib
-
 import json
-
 import math
-
 import os
-
 import platform
-
 import subprocess
-
 import sys
-
 import time
-
 import typing
-
 import warnings
-
 from pathlib import Path
 
-
 import torch
-
 import torch.nn as nn
-
 import torch.nn.functional as F
 
 
@@ -96,18 +77,10 @@ def memory_format(device: torch.device) -> torch.memory_format:
 
 
 DATASETS = ("cifar10", "mnist", "celeba", "folder", "digits")
-
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
-
-
 # Image size and centre crop a data set gets when --image-size / --crop are 0.
 DEFAULT_SIZE = {"celeba": 64}
-
-
 DEFAULT_CROP = {"celeba": 140}
-
-
 # The standard partition by file number: 1-162770 train, 162771-182637 valid, the rest test.
 CELEBA_VALID_FROM, CELEBA_TEST_FROM = 162771, 182638
 
@@ -873,12 +846,8 @@ def atomic_save(obj, path: Path):
 
 
 CHECKPOINT = "checkpoint.pt"
-
-
 # (folder, what it holds, the flag that continues it) of this process's run, for Ctrl-C.
 LAST_SAVED = []
-
-
 # Options renamed since runs were written with them: {method: {stored name: today's}}.
 RENAMED = {"eae": {"reg_weight": "entropy_weight", "l2": "l2_weight"},
            "iae_lde": {"components": "lde_components"}}
@@ -911,8 +880,6 @@ def flags(names) -> str:
 
 
 RESUMABLE = ("epochs", "device", "compile")  # flags that may change when resuming
-
-
 # Settings that do not change what a run learns (or only its random draws).
 NOT_A_SETTING = ("data_root", "seed", "device", "compile", "sync_bn", "out_dir", "resume")
 
@@ -955,15 +922,22 @@ def start(args, given: set, method: str = "", resumable=(), keep=None):
         raise UserError("--sync-bn needs CUDA (torch's SyncBatchNorm runs on GPUs only); "
                         "leave it off on the CPU")
     torch.manual_seed(args.seed + rank)  # CPU and CUDA; DDP starts all from rank 0's weights
-    load = lambda split: load_images(args.dataset, args.data_root, split, args.image_size,  # noqa
-                                     args.crop)
-    train_images, test_images = load("train"), load("test")[:64].to(device)
+    train_images, test_images = run_images(args, "train"), run_images(args, "test")[:64]
+    test_images = test_images.to(device)
     if keep is not None:
         train_images = keep(args, train_images)
     if args.batch_size > len(train_images):
         raise UserError(f"--batch-size {args.batch_size} is larger than the "
                         f"{len(train_images)} training images")
     return args, checkpoint, device, shard(train_images).to(device), test_images
+
+
+def run_images(settings, split: str, data_root: str = "") -> torch.Tensor:
+    """A split of a run's data set as the run sees it: its --dataset, --image-size and
+    --crop, from `data_root` or its own --data-root (uint8 [N, C, H, W] on the CPU)."""
+    s = settings if isinstance(settings, dict) else dataclasses.asdict(settings)
+    return load_images(s["dataset"], data_root or s["data_root"], split, s["image_size"],
+                       s["crop"])
 
 
 def open_run(method: str, args, checkpoint, model: nn.Module, optimizer) -> tuple[Path, int]:
@@ -1005,11 +979,11 @@ class Epoch:
     steps, and at the end the terms' means over the steps and the processes (checked) in a
     log line with the learning rate and the speed."""
 
-    def __init__(self, folder: Path, seed: int, epoch: int, epochs: int, batch_size: int,
-                 label: str = "epoch"):
+    def __init__(self, folder: Path, seed: int, epoch: int, batch_size: int, total: int = 0,
+                 label: str = "epoch"):  # total, label: the progress line's "epoch 2/100"
         self.folder, self.seed, self.epoch = folder, seed, epoch
         self.batch, self.images = local_batch(batch_size), batch_size  # this process's, all
-        self.desc, self.sums, self.steps = f"{label} {epoch + 1}/{epochs}", {}, 0
+        self.desc, self.sums, self.steps = f"{label} {epoch + 1}/{total}", {}, 0
         self.started, self.bar, self.total = time.time(), None, 0
 
     def batches(self, images: torch.Tensor, flip: bool = False):
@@ -1147,12 +1121,8 @@ def paper_row(args: dict, ref: str, table: dict, keyed: tuple, settings) -> dict
 
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's port of the TF graph
-
-
 # How images become features; part of every cached statistic's name, with the weights' hash.
 FEATURE_PROTOCOL = "8bit-bilinear299-pool3"
-
-
 # torch-fidelity's fixed random seed: the IS splits' shuffle and the KID subsets are its draws.
 FIDELITY_SEED = 2020
 

@@ -1,8 +1,10 @@
 """Deterministic autoencoder with ex-post sampling (Daly, Fieldsend and Tabor 2022).
 
-Needs common.py beside it: data, the backbone, run folder and checkpoints, torchrun, the
-ex-post samplers. Paper: "Variational Autoencoders Without the Variation", G. A. Daly,
-J. E. Fieldsend and G. Tabor, 2022, https://arxiv.org/abs/2203.00645
+Paper: "Variational Autoencoders Without the Variation", G. A. Daly, J. E. Fieldsend and
+G. Tabor, 2022, https://arxiv.org/abs/2203.00645
+From common.py: Encoder, Decoder (the Ghosh et al. backbone, inputs mapped to [-1, 1]),
+daly_learning_rate, fit_samplers (the ex-post N(0, I), MVG and GMM); the data, its batches
+and encode / sample / decode; the run machinery of its part two.
 
 The method. A plain convolutional autoencoder (the Tolstikhin et al. / Ghosh et al.
 backbone) is trained with the reconstruction loss alone: no KL term, no regulariser. After
@@ -85,50 +87,6 @@ import torch.nn.functional as F
 
 import common
 from common import arg
-
-# The paper's FIDs (Tables 2, 3; test-set reference, 10,000 samples), which eval.py prints
-# beside ours: {(data set, filters, depth, latent units, latent norm): {column: FID}}.
-# Table 2's CelebA row is keyed at 128 latents: Table 3 lists the same figures under 128
-# (Table 2's caption says 64); its CelebA rows of 32 and 64 filters, whose latent size is
-# therefore unclear, are left out. Every DAE row of Table 3 is here.
-PAPER_FID = {
-    ("cifar10", 32, (1,), 128, "none"): {"rec": 60.20, "normal": 288.8, "mvg": 99.60,
-                                         "gmm": 90.55},
-    ("cifar10", 64, (1,), 128, "none"): {"rec": 48.05, "normal": 372.3, "mvg": 85.38,
-                                         "gmm": 77.36},
-    ("cifar10", 128, (1,), 128, "none"): {"rec": 45.21, "normal": 282.3, "mvg": 82.49,
-                                          "gmm": 73.78},
-    ("cifar10", 128, (1,), 128, "bn"): {"rec": 45.24, "normal": 94.14, "mvg": 82.64,
-                                        "gmm": 73.05},
-    ("cifar10", 256, (1,), 128, "none"): {"rec": 47.51, "normal": 402.7, "mvg": 90.59,
-                                          "gmm": 79.97},
-    ("cifar10", 32, (1,), 160, "none"): {"rec": 51.06, "normal": 376.1, "mvg": 98.90,
-                                         "gmm": 88.17},
-    ("cifar10", 32, (1,), 192, "none"): {"rec": 43.55, "normal": 419.6, "mvg": 98.49,
-                                         "gmm": 88.51},
-    ("cifar10", 64, (1,), 152, "none"): {"rec": 43.22, "normal": 370.8, "mvg": 86.55,
-                                         "gmm": 76.59},
-    ("cifar10", 128, (1,), 144, "none"): {"rec": 40.31, "normal": 428.6, "mvg": 81.62,
-                                          "gmm": 72.82},
-    ("cifar10", 256, (1,), 160, "none"): {"rec": 37.70, "normal": 379.5, "mvg": 86.90,
-                                          "gmm": 75.67},
-    ("cifar10", 128, (3, 3, 2, 1), 96, "none"): {"mvg": 77.10, "gmm": 67.32},
-    ("celeba", 32, (1,), 384, "none"): {"rec": 32.50, "normal": 474.4, "mvg": 62.77,
-                                        "gmm": 51.58},
-    ("celeba", 64, (1,), 80, "none"): {"rec": 45.83, "normal": 409.5, "mvg": 53.76,
-                                       "gmm": 49.31},
-    ("celeba", 64, (1,), 384, "none"): {"rec": 29.62, "normal": 502.9, "mvg": 55.67,
-                                        "gmm": 45.80},
-    ("celeba", 128, (1,), 96, "none"): {"rec": 34.84, "normal": 406.47, "mvg": 44.98,
-                                        "gmm": 39.13},
-    ("celeba", 128, (1,), 128, "none"): {"rec": 31.85, "normal": 426.9, "mvg": 46.96,
-                                         "gmm": 39.10},
-}
-# Each figure above: 10,000 samples against the 10,000 test images (Sec. 4); eval.py
-# prints it beside ours only for as many samples, against the whole test split.
-PAPER_SAMPLES = 10_000
-# The settings that select a row of PAPER_FID, in its keys' order (paper_settings: the rest).
-PAPER_KEY = ("dataset", "filters", "depth", "latent_dim", "latent_norm")
 
 
 @dataclass
@@ -226,7 +184,7 @@ def train(args: Args, given: set):
         lr = common.set_lr(optimizer, common.daly_learning_rate(
             epoch, args.schedule_epochs or args.epochs, args.lr, args.warmup_lr))
         model.train()
-        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        steps = common.Epoch(folder, args.seed, epoch, args.batch_size, total=args.epochs)
         for x in steps.batches(train_images, args.flip):  # [B, C, H, W] in [0, 1]
             with common.autocast(device):
                 logits, _ = wrapped(x)
@@ -259,6 +217,56 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample
 
 
+def main(args: Args, given: set):
+    train(args, given)
+
+
+# -- The paper's figures, which eval.py prints beside ours -----------------------------
+# The paper's FIDs (Tables 2, 3; test-set reference, 10,000 samples), which eval.py prints
+# beside ours: {(data set, filters, depth, latent units, latent norm): {column: FID}}.
+# Table 2's CelebA row is keyed at 128 latents: Table 3 lists the same figures under 128
+# (Table 2's caption says 64); its CelebA rows of 32 and 64 filters, whose latent size is
+# therefore unclear, are left out. Every DAE row of Table 3 is here.
+PAPER_FID = {
+    ("cifar10", 32, (1,), 128, "none"): {"rec": 60.20, "normal": 288.8, "mvg": 99.60,
+                                         "gmm": 90.55},
+    ("cifar10", 64, (1,), 128, "none"): {"rec": 48.05, "normal": 372.3, "mvg": 85.38,
+                                         "gmm": 77.36},
+    ("cifar10", 128, (1,), 128, "none"): {"rec": 45.21, "normal": 282.3, "mvg": 82.49,
+                                          "gmm": 73.78},
+    ("cifar10", 128, (1,), 128, "bn"): {"rec": 45.24, "normal": 94.14, "mvg": 82.64,
+                                        "gmm": 73.05},
+    ("cifar10", 256, (1,), 128, "none"): {"rec": 47.51, "normal": 402.7, "mvg": 90.59,
+                                          "gmm": 79.97},
+    ("cifar10", 32, (1,), 160, "none"): {"rec": 51.06, "normal": 376.1, "mvg": 98.90,
+                                         "gmm": 88.17},
+    ("cifar10", 32, (1,), 192, "none"): {"rec": 43.55, "normal": 419.6, "mvg": 98.49,
+                                         "gmm": 88.51},
+    ("cifar10", 64, (1,), 152, "none"): {"rec": 43.22, "normal": 370.8, "mvg": 86.55,
+                                         "gmm": 76.59},
+    ("cifar10", 128, (1,), 144, "none"): {"rec": 40.31, "normal": 428.6, "mvg": 81.62,
+                                          "gmm": 72.82},
+    ("cifar10", 256, (1,), 160, "none"): {"rec": 37.70, "normal": 379.5, "mvg": 86.90,
+                                          "gmm": 75.67},
+    ("cifar10", 128, (3, 3, 2, 1), 96, "none"): {"mvg": 77.10, "gmm": 67.32},
+    ("celeba", 32, (1,), 384, "none"): {"rec": 32.50, "normal": 474.4, "mvg": 62.77,
+                                        "gmm": 51.58},
+    ("celeba", 64, (1,), 80, "none"): {"rec": 45.83, "normal": 409.5, "mvg": 53.76,
+                                       "gmm": 49.31},
+    ("celeba", 64, (1,), 384, "none"): {"rec": 29.62, "normal": 502.9, "mvg": 55.67,
+                                        "gmm": 45.80},
+    ("celeba", 128, (1,), 96, "none"): {"rec": 34.84, "normal": 406.47, "mvg": 44.98,
+                                        "gmm": 39.13},
+    ("celeba", 128, (1,), 128, "none"): {"rec": 31.85, "normal": 426.9, "mvg": 46.96,
+                                         "gmm": 39.10},
+}
+# Each figure above: 10,000 samples against the 10,000 test images (Sec. 4); eval.py
+# prints it beside ours only for as many samples, against the whole test split.
+PAPER_SAMPLES = 10_000
+# The settings that select a row of PAPER_FID, in its keys' order (paper_settings: the rest).
+PAPER_KEY = ("dataset", "filters", "depth", "latent_dim", "latent_norm")
+
+
 def paper_settings(key: tuple) -> dict:
     """Every setting of the paper's run that PAPER_FID[key] reports: the key's, and Args'
     defaults (the paper's) for the rest."""
@@ -269,10 +277,6 @@ def paper_fid(args: dict, ref: str = "test") -> dict:
     """The paper's FIDs (all against the test split) for this run, by column: only when the
     run is a reported setting (common.paper_row)."""
     return common.paper_row(args, ref, PAPER_FID, PAPER_KEY, paper_settings)
-
-
-def main(args: Args, given: set):
-    train(args, given)
 
 
 if __name__ == "__main__":

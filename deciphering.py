@@ -1,6 +1,6 @@
 """Deciphering autoencoders: generative autoencoding of dropout patterns (Maeda 2023).
 
-Needs common.py beside it: data, run folder and checkpoints, torchrun.
+From common.py: the data and the epoch's random order; the run machinery of its part two.
 Paper: "Generative Autoencoding of Dropout Patterns", S. Maeda, 2023,
 https://arxiv.org/abs/2310.01712; official code github.com/shuntama/deciphering-autoencoders
 
@@ -512,7 +512,7 @@ def train(args: Args, given: set, link: Path | None = None) -> Path:
         for group, lr in zip(optimizer.param_groups, (args.lr, mlp_rate(args))):
             group["lr"], group["weight_decay"] = lr * lr_scale, wd
         model.train()
-        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        steps = common.Epoch(folder, args.seed, epoch, args.batch_size, total=args.epochs)
         for step, index in enumerate(steps.orders(len(images), device)):  # [B] training images
             noise, masks, position, target = training_batch(
                 images[index], patterns[index], args, epoch)
@@ -585,6 +585,37 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
     return common.Run(model.to(device).eval(), checkpoint["args"], samplers, Path(run_dir))
 
 
+def main(args: Args, given: set):
+    """Phase one or two; with --phase-two-epochs N, phase one and then phase two (beside
+    it), the paper's whole protocol in one command. --resume continues either phase; that
+    of phase one continues the phase two its command started, where phase two has a
+    checkpoint and fine-tunes the phase one there is now, else starts it (again)."""
+    folder = train(args, given)
+    done = common.broadcast({k: v for k, v in common.load_checkpoint(folder).items()
+                             if k in ("args", "epoch")} if common.is_main() else None)
+    if done["args"]["finetune_from"]:
+        return
+    if not done["args"]["phase_two_epochs"]:
+        print(f"phase one is done; Table 1 (FID 42.73) needs phase two, 2000 epochs without "
+              f"the shift:\n    python deciphering.py --finetune-from {folder}")
+        return
+    link = Path(folder) / PHASE_TWO_FILE
+    typed = {k: getattr(args, k) for k in ("device", "compile") if k in given}  # go on too
+    epochs = {"epochs": done["args"]["phase_two_epochs"]}
+    record = json.loads(link.read_text()) if link.is_file() else None
+    if record and record["from_epoch"] == done["epoch"] and \
+            (Path(record["phase_two"]) / common.CHECKPOINT).is_file():
+        train(Args(resume=record["phase_two"], **epochs, **typed), {"resume", "epochs", *typed})
+        return
+    if record:
+        print(f"starting phase two again: {record['phase_two']} "
+              + ("has no checkpoint" if record["from_epoch"] == done["epoch"] else
+                 f"fine-tunes phase one's epoch {record['from_epoch'] + 1}, not its last"))
+    train(Args(finetune_from=str(folder), **epochs, **typed), {"finetune_from", "epochs", *typed},
+          link)
+
+
+# -- The paper's figures, which eval.py prints beside ours -----------------------------
 # The paper's FIDs of the `uniform` sampler. After phase one alone: Table 2, by clusters
 # (PAPER_KEY; test split, which the text compares it with). After both phases (phase one
 # read from --finetune-from's args.json): Table 1 by reference split, and Sec. 4's 47.69
@@ -622,36 +653,6 @@ def paper_fid(args: dict, ref: str = "test") -> dict:
     shift = paper_settings(max_shift=phase_one["max_shift"])
     found = key in BOTH_PHASES and not common.off_paper(phase_one, shift)
     return {"uniform": BOTH_PHASES[key]} if found else {}
-
-
-def main(args: Args, given: set):
-    """Phase one or two; with --phase-two-epochs N, phase one and then phase two (beside
-    it), the paper's whole protocol in one command. --resume continues either phase; that
-    of phase one continues the phase two its command started, where phase two has a
-    checkpoint and fine-tunes the phase one there is now, else starts it (again)."""
-    folder = train(args, given)
-    done = common.broadcast({k: v for k, v in common.load_checkpoint(folder).items()
-                             if k in ("args", "epoch")} if common.is_main() else None)
-    if done["args"]["finetune_from"]:
-        return
-    if not done["args"]["phase_two_epochs"]:
-        print(f"phase one is done; Table 1 (FID 42.73) needs phase two, 2000 epochs without "
-              f"the shift:\n    python deciphering.py --finetune-from {folder}")
-        return
-    link = Path(folder) / PHASE_TWO_FILE
-    typed = {k: getattr(args, k) for k in ("device", "compile") if k in given}  # go on too
-    epochs = {"epochs": done["args"]["phase_two_epochs"]}
-    record = json.loads(link.read_text()) if link.is_file() else None
-    if record and record["from_epoch"] == done["epoch"] and \
-            (Path(record["phase_two"]) / common.CHECKPOINT).is_file():
-        train(Args(resume=record["phase_two"], **epochs, **typed), {"resume", "epochs", *typed})
-        return
-    if record:
-        print(f"starting phase two again: {record['phase_two']} "
-              + ("has no checkpoint" if record["from_epoch"] == done["epoch"] else
-                 f"fine-tunes phase one's epoch {record['from_epoch'] + 1}, not its last"))
-    train(Args(finetune_from=str(folder), **epochs, **typed), {"finetune_from", "epochs", *typed},
-          link)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Entropic autoencoder: batch-normed latent with entropic regularisation (Ghose et al. 2020).
 
-Needs common.py beside it: data, the backbone, run folder and checkpoints, torchrun, the
-ex-post samplers. Paper: "Batch norm with entropic regularization turns deterministic
+From common.py: Encoder, Decoder, keras_init, spectral_norm, normal_sampler and
+fit_samplers; the data, its batches and encode / sample / decode; the run machinery of its
+part two. Paper: "Batch norm with entropic regularization turns deterministic
 autoencoders into generative models", A. Ghose, A. Rashwan and P. Poupart, UAI 2020,
 https://arxiv.org/abs/2002.10631
 
@@ -81,15 +82,6 @@ import torch.nn as nn
 
 import common
 from common import arg
-
-# The paper's Table 1 FIDs (test-set reference), which eval.py prints beside ours, keyed by
-# PAPER_KEY (paper_settings: the rest of each row's setting).
-PAPER_KEY = ("dataset",)
-PAPER_FID = {("cifar10",): {"rec": 29.77, "normal": 85.26, "mvg": 80.07, "gmm": 73.12},
-             ("celeba",): {"rec": 40.26, "normal": 44.63, "mvg": 42.92, "gmm": 39.76}}
-# Each figure above: 10,000 samples, as the RAE code it compares with; eval.py prints it
-# beside ours only for as many samples, against the whole test split.
-PAPER_SAMPLES = 10_000
 
 
 @dataclass
@@ -222,7 +214,7 @@ def train(args: Args, given: set):
     for epoch in range(start_epoch, args.epochs):
         lr = common.set_lr(optimizer, learning_rate(args, epoch))  # exponential decay (Appendix)
         model.train()
-        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        steps = common.Epoch(folder, args.seed, epoch, args.batch_size, total=args.epochs)
         for x in steps.batches(train_images, args.flip):  # [B, C, H, W] in [0, 1]
             with common.autocast(device):
                 logits, z = wrapped(x)
@@ -259,6 +251,21 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample
 
 
+def main(args: Args, given: set):
+    train(args, given)
+
+
+# -- The paper's figures, which eval.py prints beside ours -----------------------------
+# The paper's Table 1 FIDs (test-set reference), which eval.py prints beside ours, keyed by
+# PAPER_KEY (paper_settings: the rest of each row's setting).
+PAPER_KEY = ("dataset",)
+PAPER_FID = {("cifar10",): {"rec": 29.77, "normal": 85.26, "mvg": 80.07, "gmm": 73.12},
+             ("celeba",): {"rec": 40.26, "normal": 44.63, "mvg": 42.92, "gmm": 39.76}}
+# Each figure above: 10,000 samples, as the RAE code it compares with; eval.py prints it
+# beside ours only for as many samples, against the whole test split.
+PAPER_SAMPLES = 10_000
+
+
 def paper_settings(key: tuple) -> dict:
     """Every setting of the paper's run that PAPER_FID[key] reports: Args' defaults (our
     reading of the paper, see Deviations) with the data set's latent units, regulariser,
@@ -275,10 +282,6 @@ def paper_fid(args: dict, ref: str = "test") -> dict:
     """The paper's Table 1 FIDs for this run's data set: only for its setting there
     (common.paper_row)."""
     return common.paper_row(args, ref, PAPER_FID, PAPER_KEY, paper_settings)
-
-
-def main(args: Args, given: set):
-    train(args, given)
 
 
 if __name__ == "__main__":

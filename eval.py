@@ -134,15 +134,14 @@ def reference(net, run_args: dict, data_root: str, split: str, size: int, batch_
     with their features, mean and covariance, cached next to the data under a name that
     holds a hash of the images, of the Inception weights and the feature protocol: a cache
     made with other weights or other data is never read."""
-    dataset, image_size, crop = run_args["dataset"], run_args["image_size"], run_args["crop"]
-    images = common.load_images(dataset, data_root, split, image_size, crop)
+    images = common.run_images(run_args, split, data_root)
     whole = not size or size >= len(images)
     if not whole:
         images = images[torch.randperm(len(images),
                                        generator=torch.Generator().manual_seed(0))[:size]]
     data_digest = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
     cache = (Path(data_root or ".") / "fid-stats" /
-             f"{dataset}-{split}-n{len(images)}-data{data_digest}-"
+             f"{run_args['dataset']}-{split}-n{len(images)}-data{data_digest}-"
              f"inception{net.weights_digest}-{common.FEATURE_PROTOCOL}.npz")
     device = net.fc_weight.device
     ref = {"name": cache.name, "images": images, "whole": whole}
@@ -370,10 +369,8 @@ def parzen(run_dir: str, args: Args) -> dict:
     method, device = common.method_of(run_dir), common.pick_device(args.device)
     run = loaded(method, run_dir, device)
     a, root = run.args, args.data_root or run.args["data_root"]
-    load = lambda split: common.load_images(a["dataset"], root, split, a["image_size"],  # noqa
-                                            a["crop"])  # uint8
     held = method.data_splits(a, root)[1] if hasattr(method, "data_splits") else None
-    valid, test, chosen_on = parzen_split(load("test"), held, args.seed)
+    valid, test, chosen_on = parzen_split(common.run_images(a, "test", root), held, args.seed)
     codes = (common.encode_all(lambda x: method.encode(run, x), test.to(device))  # [N, d]
              if hasattr(method, "encode") else None)
     valid, test = (parzen_points(x / 255, a["dataset"]) for x in (valid, test))

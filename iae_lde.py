@@ -1,6 +1,7 @@
 """Incremental-latent autoencoder + latent density estimator (IAE + LDE, Yoo et al. 2020).
 
-Needs common.py beside it: data, run folder and checkpoints, torchrun, the ex-post samplers.
+From common.py: fit_samplers (the ex-post samplers beside the LDE), the data, its batches
+and encode / sample / decode; the run machinery of its part two.
 Paper: "Unprioritized autoencoder" (ICIP 2020; arXiv 1902.04294, "Density Estimation and
 Incremental Learning of Latent Vector for Generative Autoencoders"), J. Yoo, H. Lee and
 N. Kwak, https://arxiv.org/abs/1902.04294; code https://github.com/yoojy31/unpriortized-autoencoder
@@ -82,7 +83,6 @@ PER_DATASET = {
     "celeba": dict(latent_dim=100, warmup_epochs=100, perc_weight=0.1, lde_components=30,
                    output="tanh", holdout=0, epochs=150)}
 PER_DATASET.update(digits={**PER_DATASET["mnist"], "holdout": 150}, folder=PER_DATASET["cifar10"])
-PAPER_PARZEN = "326 +- 2 nats, AE + LDE and IAE + LDE alike (Table 2; 28x28, ours 32x32)"
 LDE_SETTINGS = ("lde_components", "lde_epochs", "lde_batch_size", "lde_lr", "lde_lr_drops",
                 "lde_holdout")
 
@@ -239,7 +239,7 @@ def train(args: Args, given: set):
     for epoch in range(start_epoch, args.epochs):
         lr = common.set_lr(optimizer, args.lr / 2 ** sum(epoch >= d for d in args.lr_drops))
         model.train()
-        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        steps = common.Epoch(folder, args.seed, epoch, args.batch_size, total=args.epochs)
         for step, x in enumerate(steps.batches(train_images, args.flip)):  # [B, C, S, S]
             active = active_dims(args.latent_dim, args.warmup_epochs, epoch, step, steps.total)
             with common.autocast(device):
@@ -366,8 +366,8 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict
     for epoch in range(start, args.lde_epochs):
         lr = common.set_lr(optimizer, args.lde_lr / 2 ** sum(epoch >= d for d in args.lde_lr_drops))
         lde.train()
-        steps = common.Epoch(folder, args.seed, epoch, args.lde_epochs, args.lde_batch_size,
-                             label="LDE epoch")
+        steps = common.Epoch(folder, args.seed, epoch, args.lde_batch_size,
+                             total=args.lde_epochs, label="LDE epoch")
         for index in steps.orders(len(codes), device):  # [B] rows of the codes
             z = codes[index]  # [B, d]
             loss = mixture_nll(*lde(z), z).mean()  # Eq. (4), also averaged over the batch
@@ -403,8 +403,7 @@ def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict
 def data_splits(run_args: dict, data_root: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(the images a run trained on, the images it held out): the training split without,
     and with only, its last --holdout images (uint8)."""
-    images = common.load_images(run_args["dataset"], data_root, "train",
-                                run_args["image_size"], run_args["crop"])
+    images = common.run_images(run_args, "train", data_root)
     trained = without_holdout(Args(**run_args), images)
     return trained, images[len(trained):]
 
@@ -429,8 +428,7 @@ def fit_lde(run_dir: str, args: Args, given: set):
     if hasattr(method, "data_splits"):
         images, held = method.data_splits(a, root)
     else:
-        images, held = common.load_images(a["dataset"], root, "train", a["image_size"],
-                                          a["crop"]), None
+        images, held = common.run_images(a, "train", root), None
     encode = lambda x: method.encode(run, x)  # noqa: E731
     codes = common.encode_all(encode, images.to(device))  # [N, d]
     held = common.encode_all(encode, held.to(device)) if held is not None and len(held) else None
@@ -456,13 +454,6 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample  # decode: run.images
 
 
-def paper_parzen(run_args: dict, samples: int) -> str:
-    """Table 2's figure, which eval.py --parzen prints beside ours for the official MNIST run
-    (every setting the official scripts') and 10,000 samples; empty for any other run."""
-    official = dataclasses.asdict(with_dataset_defaults(Args(dataset="mnist"), set()))
-    return PAPER_PARZEN if samples == 10000 and not common.off_paper(run_args, official) else ""
-
-
 def with_dataset_defaults(args: Args, given: set, run_args: dict | None = None) -> Args:
     """The official per-data-set settings (PER_DATASET) for every flag not typed; with
     `run_args` (--fit-lde), the LDE settings of that run instead, where it has them."""
@@ -485,6 +476,17 @@ def main(args: Args, given: set):
     if common.end_processes() == 0:  # under torchrun, stage two runs in rank 0 alone
         fit_lde(str(folder), args, {"data_root"})
     print(f"done: grids, log.jsonl and checkpoint in {folder}")
+
+
+# -- The paper's figures, which eval.py prints beside ours -----------------------------
+PAPER_PARZEN = "326 +- 2 nats, AE + LDE and IAE + LDE alike (Table 2; 28x28, ours 32x32)"
+
+
+def paper_parzen(run_args: dict, samples: int) -> str:
+    """Table 2's figure, which eval.py --parzen prints beside ours for the official MNIST run
+    (every setting the official scripts') and 10,000 samples; empty for any other run."""
+    official = dataclasses.asdict(with_dataset_defaults(Args(dataset="mnist"), set()))
+    return PAPER_PARZEN if samples == 10000 and not common.off_paper(run_args, official) else ""
 
 
 if __name__ == "__main__":

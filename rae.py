@@ -1,7 +1,8 @@
 """Regularized autoencoders: RAE-L2, RAE-GP, RAE-SN, RAE and AE (Ghosh et al. 2020).
 
-Needs common.py beside it: data, the backbone, run folder and checkpoints, torchrun, the
-ex-post samplers. Paper: "From Variational to Deterministic Autoencoders", P. Ghosh,
+From common.py: Encoder, Decoder, keras_init, spectral_norm (Keras' matrix), fit_samplers
+(the ex-post MVG and GMM); the data, its batches and encode / sample / decode; the run
+machinery of its part two. Paper: "From Variational to Deterministic Autoencoders", P. Ghosh,
 M. S. M. Sajjadi, A. Vergari, M. Black and B. Schoelkopf, ICLR 2020,
 https://openreview.net/forum?id=S1g7tpEYDS; github.com/ParthaEth/Regularized_autoencoders-RAE-
 
@@ -103,20 +104,6 @@ OFFICIAL = {
     "celeba": {"rae-gp": (1e-4, 1e-7), "rae-l2": (1e-4, 1e-7), "rae-sn": (2.4e-3, 0),
                "rae": (1e-4, 0), "ae": (0, 0)},
 }
-# Table 1's sample FIDs (test-set reference), keyed by PAPER_KEY: its N column (a fitted
-# Gaussian: our MVG) and GMM. (Its REC and Interp are of validation images: docstring.)
-PAPER_KEY = ("dataset", "variant")
-PAPER_FID = {(dataset, variant): {"mvg": n, "gmm": gmm} for dataset, row in {
-    "cifar10": {"rae-gp": (83.05, 76.33), "rae-l2": (80.80, 74.16), "rae-sn": (84.25, 75.30),
-                "rae": (83.87, 76.28), "ae": (84.74, 76.47)},
-    "mnist": {"rae-gp": (22.21, 11.54), "rae-l2": (22.22, 8.69), "rae-sn": (19.67, 11.74),
-              "rae": (23.92, 9.81), "ae": (24.32, 10.66)},
-    "celeba": {"rae-gp": (116.30, 45.63), "rae-l2": (51.13, 47.97), "rae-sn": (44.74, 40.95),
-               "rae": (48.20, 44.68), "ae": (127.85, 45.10)},
-}.items() for variant, (n, gmm) in row.items()}
-# Each figure above: 10,000 samples (the official evaluation code); eval.py prints it
-# beside ours only for as many samples, against the whole test split.
-PAPER_SAMPLES = 10_000
 
 
 @dataclass
@@ -268,8 +255,7 @@ def validation_split(args: Args, images: torch.Tensor) -> tuple[torch.Tensor, to
 def data_splits(run_args: dict, data_root: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(the images a run trained on, its validation images), uint8, as it split them."""
     args = dataclasses.replace(Args(**run_args), data_root=data_root)
-    images = common.load_images(args.dataset, data_root, "train", args.image_size, args.crop)
-    return validation_split(args, images)
+    return validation_split(args, common.run_images(args, "train"))
 
 
 def train(args: Args, given: set):
@@ -301,7 +287,7 @@ def train(args: Args, given: set):
     state = checkpoint  # (a run resumed with no epoch left to train: its own)
     for epoch in range(start_epoch, args.epochs):
         model.train()
-        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        steps = common.Epoch(folder, args.seed, epoch, args.batch_size, total=args.epochs)
         for x in steps.batches(train_images):  # [B, C, H, W] in [0, 1]
             with common.autocast(device):
                 terms = loss_terms(model, x, args, wrapped)
@@ -343,6 +329,27 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample
 
 
+def main(args: Args, given: set):
+    train(args, given)
+
+
+# -- The paper's figures, which eval.py prints beside ours -----------------------------
+# Table 1's sample FIDs (test-set reference), keyed by PAPER_KEY: its N column (a fitted
+# Gaussian: our MVG) and GMM. (Its REC and Interp are of validation images: docstring.)
+PAPER_KEY = ("dataset", "variant")
+PAPER_FID = {(dataset, variant): {"mvg": n, "gmm": gmm} for dataset, row in {
+    "cifar10": {"rae-gp": (83.05, 76.33), "rae-l2": (80.80, 74.16), "rae-sn": (84.25, 75.30),
+                "rae": (83.87, 76.28), "ae": (84.74, 76.47)},
+    "mnist": {"rae-gp": (22.21, 11.54), "rae-l2": (22.22, 8.69), "rae-sn": (19.67, 11.74),
+              "rae": (23.92, 9.81), "ae": (24.32, 10.66)},
+    "celeba": {"rae-gp": (116.30, 45.63), "rae-l2": (51.13, 47.97), "rae-sn": (44.74, 40.95),
+               "rae": (48.20, 44.68), "ae": (127.85, 45.10)},
+}.items() for variant, (n, gmm) in row.items()}
+# Each figure above: 10,000 samples (the official evaluation code); eval.py prints it
+# beside ours only for as many samples, against the whole test split.
+PAPER_SAMPLES = 10_000
+
+
 def paper_settings(key: tuple) -> dict:
     """Every setting of the official run of Table 1's row `key` (configurations/config.py):
     latent units, learning rate and epochs per data set (CIFAR-10 RAE-GP: 70 epochs),
@@ -362,10 +369,6 @@ def paper_fid(args: dict, ref: str = "test") -> dict:
     """Table 1's sample FIDs (N as our MVG, GMM) for this run: only for the official run of
     its data set and variant (common.paper_row). Its REC and Interp: docstring."""
     return common.paper_row(args, ref, PAPER_FID, PAPER_KEY, paper_settings)
-
-
-def main(args: Args, given: set):
-    train(args, given)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """VAE baselines: the beta-VAE of Daly et al. (2022) and the VAE / constant-variance VAE of
-Ghosh et al. (2020), on the common backbone. Needs common.py beside it: data, the backbone,
-run folder and checkpoints, torchrun, the ex-post samplers.
+Ghosh et al. (2020), on the common backbone. From common.py: Encoder, Decoder,
+daly_learning_rate, fit_samplers (MVG and GMM on the means, beside the prior); the data,
+its batches and encode / sample / decode; the run machinery of its part two.
 
 Papers: "Variational Autoencoders Without the Variation", G. A. Daly, J. E. Fieldsend and
 G. Tabor, 2022, https://arxiv.org/abs/2203.00645 (its VAE baseline, Table 2), and "From
@@ -76,31 +77,6 @@ from common import arg
 # Ghosh et al.'s KL weights for --loss gaussian: (learned sigma, fixed sigma) per data set.
 GAUSSIAN_KL_WEIGHT = {"mnist": (0.312, 0.039), "cifar10": (0.024, 9e-4),
                       "celeba": (0.09024, 0.01)}
-# Daly et al.'s VAE FIDs (Tables 2 and 3, test-set reference), which eval.py prints beside
-# ours, keyed by PAPER_KEY. Table 2's CelebA rows are left out: its caption gives them 64
-# latents, but its 128-filter DAE row is Table 3's at 128.
-PAPER_KEY = ("dataset", "filters", "latent_dim")
-PAPER_FID = {
-    ("cifar10", 32, 128): {"rec": 79.06, "normal": 100.1, "mvg": 101.0, "gmm": 94.40},
-    ("cifar10", 64, 128): {"rec": 78.35, "normal": 99.49, "mvg": 101.0, "gmm": 93.60},
-    ("cifar10", 128, 128): {"rec": 76.20, "normal": 99.62, "mvg": 101.9, "gmm": 94.21},
-    ("cifar10", 256, 128): {"rec": 93.49, "normal": 112.0, "mvg": 112.5, "gmm": 108.6},
-    ("cifar10", 32, 256): {"rec": 62.69, "normal": 96.14, "mvg": 95.77, "gmm": 87.67},
-    ("cifar10", 32, 384): {"rec": 56.07, "normal": 95.29, "mvg": 95.25, "gmm": 88.77},
-    ("cifar10", 32, 512): {"rec": 52.08, "normal": 96.59, "mvg": 94.79, "gmm": 89.14},
-    ("cifar10", 64, 384): {"rec": 51.59, "normal": 89.77, "mvg": 89.92, "gmm": 82.35},
-    ("cifar10", 64, 512): {"rec": 46.01, "normal": 90.95, "mvg": 89.45, "gmm": 83.06},
-    ("cifar10", 128, 384): {"rec": 46.98, "normal": 87.29, "mvg": 86.65, "gmm": 80.01},
-    ("cifar10", 256, 512): {"rec": 39.50, "normal": 82.34, "mvg": 83.45, "gmm": 78.95},
-    ("cifar10", 256, 768): {"rec": 37.27, "normal": 87.68, "mvg": 85.25, "gmm": 78.91},
-    ("celeba", 32, 768): {"rec": 39.83, "normal": 54.53, "mvg": 52.10, "gmm": 48.03},
-    ("celeba", 64, 768): {"rec": 38.42, "normal": 50.34, "mvg": 47.73, "gmm": 43.23},
-    ("celeba", 128, 384): {"rec": 40.04, "normal": 49.09, "mvg": 49.07, "gmm": 47.30},
-    ("celeba", 128, 768): {"rec": 36.93, "normal": 50.67, "mvg": 47.70, "gmm": 42.91},
-}
-# Each figure above: 10,000 samples against the 10,000 test images (Daly et al. Sec. 4);
-# eval.py prints it beside ours only for as many samples, against the whole test split.
-PAPER_SAMPLES = 10_000
 
 
 @dataclass
@@ -218,7 +194,7 @@ def train(args: Args, given: set):
         lr = common.set_lr(optimizer, common.daly_learning_rate(
             epoch, args.schedule_epochs or args.epochs, args.lr, args.warmup_lr))
         model.train()
-        steps = common.Epoch(folder, args.seed, epoch, args.epochs, args.batch_size)
+        steps = common.Epoch(folder, args.seed, epoch, args.batch_size, total=args.epochs)
         for x in steps.batches(train_images):  # [B, C, H, W] in [0, 1]
             with common.autocast(device):
                 logits, mu, log_sigma = wrapped(x)
@@ -249,6 +225,38 @@ def load_run(run_dir: str, device: str = "cpu") -> common.Run:
 encode, decode, sample = common.encode, common.decode, common.sample
 
 
+def main(args: Args, given: set):
+    train(args, given)
+
+
+# -- The paper's figures, which eval.py prints beside ours -----------------------------
+# Daly et al.'s VAE FIDs (Tables 2 and 3, test-set reference), which eval.py prints beside
+# ours, keyed by PAPER_KEY. Table 2's CelebA rows are left out: its caption gives them 64
+# latents, but its 128-filter DAE row is Table 3's at 128.
+PAPER_KEY = ("dataset", "filters", "latent_dim")
+PAPER_FID = {
+    ("cifar10", 32, 128): {"rec": 79.06, "normal": 100.1, "mvg": 101.0, "gmm": 94.40},
+    ("cifar10", 64, 128): {"rec": 78.35, "normal": 99.49, "mvg": 101.0, "gmm": 93.60},
+    ("cifar10", 128, 128): {"rec": 76.20, "normal": 99.62, "mvg": 101.9, "gmm": 94.21},
+    ("cifar10", 256, 128): {"rec": 93.49, "normal": 112.0, "mvg": 112.5, "gmm": 108.6},
+    ("cifar10", 32, 256): {"rec": 62.69, "normal": 96.14, "mvg": 95.77, "gmm": 87.67},
+    ("cifar10", 32, 384): {"rec": 56.07, "normal": 95.29, "mvg": 95.25, "gmm": 88.77},
+    ("cifar10", 32, 512): {"rec": 52.08, "normal": 96.59, "mvg": 94.79, "gmm": 89.14},
+    ("cifar10", 64, 384): {"rec": 51.59, "normal": 89.77, "mvg": 89.92, "gmm": 82.35},
+    ("cifar10", 64, 512): {"rec": 46.01, "normal": 90.95, "mvg": 89.45, "gmm": 83.06},
+    ("cifar10", 128, 384): {"rec": 46.98, "normal": 87.29, "mvg": 86.65, "gmm": 80.01},
+    ("cifar10", 256, 512): {"rec": 39.50, "normal": 82.34, "mvg": 83.45, "gmm": 78.95},
+    ("cifar10", 256, 768): {"rec": 37.27, "normal": 87.68, "mvg": 85.25, "gmm": 78.91},
+    ("celeba", 32, 768): {"rec": 39.83, "normal": 54.53, "mvg": 52.10, "gmm": 48.03},
+    ("celeba", 64, 768): {"rec": 38.42, "normal": 50.34, "mvg": 47.73, "gmm": 43.23},
+    ("celeba", 128, 384): {"rec": 40.04, "normal": 49.09, "mvg": 49.07, "gmm": 47.30},
+    ("celeba", 128, 768): {"rec": 36.93, "normal": 50.67, "mvg": 47.70, "gmm": 42.91},
+}
+# Each figure above: 10,000 samples against the 10,000 test images (Daly et al. Sec. 4);
+# eval.py prints it beside ours only for as many samples, against the whole test split.
+PAPER_SAMPLES = 10_000
+
+
 def paper_settings(key: tuple) -> dict:
     """Every setting of the paper's run that PAPER_FID[key] reports: the key's, and Args'
     defaults (Daly et al.'s: --loss bce, beta 0.01) for the rest."""
@@ -259,10 +267,6 @@ def paper_fid(args: dict, ref: str = "test") -> dict:
     """Daly et al.'s FIDs for this run, a reported setting (common.paper_row); not Ghosh et
     al.'s VAE rows: this file does not train with their schedule (Deviations)."""
     return common.paper_row(args, ref, PAPER_FID, PAPER_KEY, paper_settings)
-
-
-def main(args: Args, given: set):
-    train(args, given)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ SCOPE = {
         "SameConvTranspose", "_stage", "kernel_size", "Encoder", "Decoder",
         # latent samplers and their fitting
         "LatentSampler", "normal_sampler", "fit_samplers", "samplers_from_state",
-        "fit_ex_post", "save_samplers", "encode_all", "encode", "images_of", "decode", "sample",
+        "keep_samplers", "encode_all", "encode", "decode", "sample", "Epoch",
         # schedules, resume, the paper's setting
         "set_lr", "daly_learning_rate", "stop_if_diverged", "local_batch", "shard", "resume",
         "start", "fast", "autocast", "memory_format",
@@ -110,7 +110,8 @@ SCOPE = {
                "reconstruction_loss", "decoder_l2", "eae_loss", "learning_rate",
                "paper_regulariser", "train", "paper_settings", "paper_fid"],
     "iae_lde.py": ["PER_DATASET", "Args", "IAE", "active_dims", "Perceptual",
-                   "autoencoder_loss", "train", "LDE", "mixture_nll", "LDESampler",
+                   "autoencoder_loss", "without_holdout", "train", "LDE", "mixture_nll",
+                   "LDESampler",
                    "sampler_from_state", "train_lde", "data_splits", "fit_lde", "paper_parzen",
                    "with_dataset_defaults", "main"],
     "deciphering.py": ["EMA_EVERY", "SAMPLE_BATCH", "PHASE_TWO_DEFAULTS", "Args",
@@ -123,7 +124,7 @@ SCOPE = {
                        "generate", "sample", "load_run", "PAPER_FID", "BOTH_PHASES",
                        "paper_settings", "paper_fid", "main"],
     "eval.py": ["Args", "write_atomically", "reference", "generated", "smoke_test",
-                "reconstructed", "interpolated", "score", "read_json", "evaluate",
+                "reconstructed", "interpolated", "score", "loaded", "read_json", "evaluate",
                 "paper_figures", "PARZEN_SIGMAS", "parzen_log_likelihood", "parzen_split",
                 "parzen_width", "parzen_points", "parzen", "table", "parzen_table",
                 "FID_SUFFIXES", "folder_stats", "main"],
@@ -146,8 +147,8 @@ COMPARISON = {ast.Lt: ("<", "<="), ast.LtE: ("<=", "<"), ast.Gt: (">", ">="),
 DISPLAY_CALLS = {"print", "warn", "set_postfix", "UserError", "ValueError", "missing_weights",
                  "save_grid", "save_reconstructions", "save_interpolations",
                  "save_sample_grids", "save_test_reconstructions"}
-DISPLAY_KEYWORDS = {"desc", "total", "leave", "mininterval", "progress", "verbose", "indent",
-                    "set_to_none"}
+DISPLAY_KEYWORDS = {"desc", "total", "label", "leave", "mininterval", "progress", "verbose",
+                    "indent", "set_to_none"}
 TIMING_KEYS = {"seconds", "images_per_sec"}
 # Calls never deleted as statements: what only reaches the screen (DISPLAY_CALLS too), and
 # the process group's own calls (test_distributed.py's domain).
@@ -161,7 +162,7 @@ PATH_FIELDS = {"data_root", "out_dir", "resume", "fit_lde", "finetune_from", "sa
                "json", "device", "runs", "fid"}
 # The progress bar's cadence, and the CUDA memory-layout branches (the same values on the CPU;
 # tests/test_cuda.py runs them on a GPU).
-UNTESTED_BRANCHES = {"step % 50 == 0", "device.type == 'cuda'", "x.is_cuda"}
+UNTESTED_BRANCHES = {"self.steps % 50 == 0", "device.type == 'cuda'", "x.is_cuda"}
 # Conditions true only under torchrun: test_distributed.py's domain (tests/mutate.py).
 TORCHRUN_ONLY = {"size > 1", "world()[1] > 1"}
 # pytest plugins a forked run does without: the cache, and the unraisable-exception check,

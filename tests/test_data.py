@@ -77,6 +77,32 @@ def test_folder_images_are_not_cropped_unless_asked(tmp_path):
     assert np.array_equal(cropped[0].permute(1, 2, 0).numpy(), pixels[8:24, 8:24])
 
 
+def test_a_runs_images_are_its_data_set_at_its_size_and_crop(tmp_path):
+    """common.run_images (eval.py, --fit-lde, the held-out splits): the split of the run's
+    --dataset at its --image-size after its --crop, from its --data-root or another."""
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    for root, image in ((tmp_path / "a", pixels[0]), (tmp_path / "b", pixels[1])):
+        for split in ("train", "test"):
+            (root / split / "cls").mkdir(parents=True)
+            Image.fromarray(image if split == "train" else 255 - image).save(
+                root / split / "cls" / "0.png")
+    settings = {"dataset": "folder", "data_root": str(tmp_path / "a"), "image_size": 16,
+                "crop": 24}
+    for split, source in (("train", pixels[0]), ("test", 255 - pixels[0])):
+        got = common.run_images(settings, split)
+        assert torch.equal(got, common.load_images("folder", str(tmp_path / "a"), split, 16, 24))
+        assert got.shape == (1, 3, 16, 16)
+        uncropped = common.load_images("folder", str(tmp_path / "a"), split, 16, 0)
+        assert not torch.equal(got, uncropped)  # the crop, then the size
+    elsewhere = common.run_images(settings, "train", str(tmp_path / "b"))
+    assert torch.equal(elsewhere, common.load_images("folder", str(tmp_path / "b"), "train", 16,
+                                                     24))
+    import dae
+
+    as_args = dae.Args(dataset="folder", data_root=str(tmp_path / "a"), image_size=16, crop=24)
+    assert torch.equal(common.run_images(as_args, "train"), common.run_images(settings, "train"))
+
+
 def test_celeba_as_folder_split_and_crop(tmp_path):
     """The standard partition by file number: 1-162770 train, 162771-182637 valid (held
     out), 182638 on test; a file whose name is not a number counts as train. Each image is
@@ -315,7 +341,7 @@ def test_each_torchrun_process_draws_its_own_batch_order(monkeypatch):
     assert torch.equal(second.sort().values, first.sort().values)  # both a whole shard
     assert not torch.equal(order(0, seed=1), first)
     monkeypatch.setattr(common, "world", lambda: (1, 2))  # what a process's Epoch passes
-    steps = common.Epoch(Path("."), 0, 2, 3, 20)
+    steps = common.Epoch(Path("."), 0, 2, 20)  # a global batch of 20: 10 a process
     torch.testing.assert_close(torch.cat(list(steps.batches(images))).flatten(), second)
 
 

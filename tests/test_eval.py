@@ -430,11 +430,15 @@ def test_parzen_grid_is_widened_where_the_best_width_is_its_edge():
     s (about s / 3 for 500 samples in 2-D); where it lies outside 0.10 .. 0.29 the grid
     goes on by 0.01 past its edge until the best lies inside, and says so."""
     g = torch.Generator().manual_seed(0)
+    widths = np.round(np.arange(1, 101) / 100, 2)  # 0.01 .. 1.00, every width it can reach
     for s, low, high in ((0.6, 0.1, 0.29), (1.5, 0.3, 1.0), (0.1, 0.01, 0.09)):
         samples, valid = (s * torch.randn(500, 2, generator=g) for _ in range(2))
         sigma, widened = eval_module.parzen_width(samples, valid)
         likelihood = lambda w: eval_module.parzen_log_likelihood(samples, valid, [w]).mean()  # noqa
         assert low <= sigma <= high and widened == (s != 0.6), (s, sigma)
+        scores = [numpy_parzen(samples.double().numpy(), valid.double().numpy(), w).mean()
+                  for w in widths]
+        assert sigma == widths[int(np.argmax(scores))]  # the best of them all (unimodal)
         neighbours = [w for w in (round(sigma - 0.01, 2), round(sigma + 0.01, 2)) if w > 0]
         assert all(likelihood(sigma) >= likelihood(w) for w in neighbours)  # a maximum
 
@@ -464,6 +468,10 @@ def test_parzen_protocol(dae_run, monkeypatch):
     column = result["columns"]["gmm"]
     (samples, valid, _), *_, (again, test, _) = seen
     assert samples.shape == (30, 32 * 32) and np.array_equal(samples, again)
+    import dae
+
+    drawn = dae.sample(dae.load_run(str(dae_run)), 30, "gmm", 3)  # the samples of --seed 3
+    assert np.allclose(samples, drawn.flatten(1).double().numpy())
     digits = common.load_images("digits", "", "test").flatten(1).double() / 255
     order = torch.randperm(297, generator=torch.Generator().manual_seed(3))
     assert np.allclose(valid, digits[order[148:296]].numpy())
@@ -838,3 +846,47 @@ def test_an_unreadable_reference_cache_is_computed_again(torch_home, tmp_path, m
     with np.load(cache) as stored:
         assert np.allclose(stored["mu"], first["mu"].numpy())
     assert [p.name for p in (tmp_path / "fid-stats").iterdir()] == [cache.name]
+
+
+def test_the_tables_cells_are_their_figures():
+    """Each cell of the table: FID, the paper's, KID x 1000 with its spread where it has one,
+    IS with its spread, precision and recall; the smoke-test note only where one run is one.
+    Parzen: the width, marked where the grid was widened, and where it was chosen."""
+    column = {"fid": 12.345, "n": 10, "kid_mean": 0.0123, "kid_std": 0.0045, "is_mean": 3.21,
+              "is_std": 0.12, "precision": 0.5, "recall": 0.25}
+    whole = {**column, "kid_std": None, "precision": None}
+    results = {"runs/a": {"method": "dae", "columns": {"gmm": column, "rec": whole},
+                          "paper_fid": {"gmm": 73.78}, "smoke_test": False}}
+    rows = [r.split("|")[1:-1] for r in eval_module.table(results).splitlines()[2:]]
+    assert [c.strip() for c in rows[0]] == ["a", "dae", "GMM", "12.35", "73.78",
+                                            "12.30 ± 4.50", "3.21 ± 0.12", "0.500", "0.250"]
+    assert [c.strip() for c in rows[1]][3:] == ["12.35", "-", "12.30", "3.21 ± 0.12", "-",
+                                                "0.250"]
+    assert "smoke tests" not in eval_module.table(results)
+    assert "smoke tests" in eval_module.table({"runs/a": {**results["runs/a"], "smoke_test": True}})
+    parzen = {"runs/a": {"method": "iae_lde", "paper": "326 +- 2", "width_on": "held-out images",
+                         "columns": {"lde": {"log_likelihood": 300.04, "standard_error": 2.0,
+                                             "sigma": 0.31, "widened": True, "code_nll": 1.5},
+                                     "gmm": {"log_likelihood": 1.0, "standard_error": 1.0,
+                                             "sigma": 0.2, "widened": False}}}}
+    lde, gmm = [r.split("|")[1:-1] for r in eval_module.parzen_table(parzen).splitlines()[2:]]
+    assert [c.strip() for c in lde] == ["a", "iae_lde", "LDE", "300.0 ± 2.0",
+                                        "0.31 (grid widened)", "held-out images", "326 +- 2",
+                                        "1.50"]
+    assert [c.strip() for c in gmm][4:] == ["0.20", "held-out images", "-", "-"]
+
+
+def test_runs_without_a_checkpoint_leave_one_line_or_one_error(tmp_path, capsys):
+    """Of two folders without a checkpoint, the error names the first; a run of another
+    method given to a method file's load_run says whose it is."""
+    import dae
+    import deciphering
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert f"{tmp_path / 'a'} has no checkpoint.pt" in cli_error(
+        eval_module, [tmp_path / "a", tmp_path / "b"], capsys)
+    run = train(dae, tmp_path, dataset="fake", filters=4, latent_dim=3, epochs=1, batch_size=64,
+                gmm_components=2)
+    with pytest.raises(common.UserError, match="is a dae run, not a deciphering run"):
+        deciphering.load_run(str(run))
