@@ -940,6 +940,15 @@ def run_images(settings, split: str, data_root: str = "") -> torch.Tensor:
                        s["crop"])
 
 
+def run_splits(method, run_args: dict, data_root: str = ""):
+    """(the images a run trained on, those it held out: none, or its method's data_splits,
+    rae.py's validation images, iae_lde.py's --holdout), uint8."""
+    if hasattr(method, "data_splits"):
+        return method.data_splits(run_args, data_root or run_args["data_root"])
+    images = run_images(run_args, "train", data_root)
+    return images, images[:0]
+
+
 def open_run(method: str, args, checkpoint, model: nn.Module, optimizer) -> tuple[Path, int]:
     """A new run folder, or the resumed run's folder with its model, optimizer and RNG
     state restored. Returns (folder, first epoch to train)."""

@@ -414,8 +414,7 @@ def phase_two_args(args: Args, given: set) -> tuple[Args, dict]:
         raise common.UserError(f"{args.finetune_from} stopped at epoch {phase_one['epoch'] + 1} "
                                f"of its {phase_one['args']['epochs']}; phase two fine-tunes a "
                                f"finished phase one: --resume it first")
-    defaults = dataclasses.asdict(Args())
-    stored = {**defaults, **{k: v for k, v in phase_one["args"].items() if k in defaults}}
+    stored = dataclasses.asdict(Args(**phase_one["args"]))
     ignored = sorted(k for k in FROM_PHASE_ONE if k in given and getattr(args, k) != stored[k])
     if ignored:
         print(f"phase two: ignoring {common.flags(ignored)}; the phase-one model keeps its own")

@@ -332,12 +332,11 @@ def sampler_from_state(state: dict) -> LDESampler:
 
 def train_lde(codes: torch.Tensor, args: Args, folder: Path, device, state: dict | None = None,
               held: torch.Tensor | None = None):
-    """Eq. (4) by Adam on the codes [N, d]; the epoch kept is the one with the lowest NLL of
-    `held`, the codes of images the run held out, where it has them (MNIST), else of a random
-    --lde-holdout share of `codes`, which it then does not train on. With `state`, the run's
-    checkpoint, the fit is stored in it after each epoch (a stopped fit of the same settings,
-    on codes of the same encoder epoch, continues); a checkpoint that another process
-    rewrites meanwhile (a run still training) stops it."""
+    """Eq. (4) by Adam on the codes [N, d]; the epoch kept has the lowest NLL of `held`, the
+    codes of images the run held out (MNIST), else of a random --lde-holdout share of `codes`
+    left out of the fit. With `state`, the run's checkpoint, the fit is stored in it each
+    epoch (a stopped fit of the same settings and encoder epoch continues from there); a
+    checkpoint rewritten meanwhile by another process (a run still training) stops it."""
     torch.manual_seed(args.seed)
     lde = LDE(codes.shape[1], args.lde_components).to(device)
     optimizer = torch.optim.Adam(lde.parameters(), lr=args.lde_lr, betas=(0.5, 0.999))
@@ -410,9 +409,8 @@ def data_splits(run_args: dict, data_root: str) -> tuple[torch.Tensor, torch.Ten
 
 def fit_lde(run_dir: str, args: Args, given: set):
     """Stage two on any finished run with an encoder: the LDE of the codes of the images it
-    trained on (its own split: the method's data_splits where it has one), the epoch chosen on
-    the codes of the images it held out where it has them; stored in its checkpoint as the
-    sampler `lde`; samples_lde.png. (Test codes: eval.py.)"""
+    trained on, its epoch chosen on those it held out where it has them (common.run_splits);
+    stored in its checkpoint as the sampler `lde`; samples_lde.png. (Test codes: eval.py.)"""
     method, folder = common.method_of(run_dir), Path(run_dir)
     if not hasattr(method, "encode"):
         raise common.UserError(f"{run_dir} is a {method.__name__} run, which has no encoder; "
@@ -424,14 +422,10 @@ def fit_lde(run_dir: str, args: Args, given: set):
     common.LAST_SAVED[:] = [folder, f"the checkpoint of epoch {state['epoch'] + 1}",
                             "--fit-lde" if args.fit_lde else "--resume"]
     run = method.load_run(run_dir, device)
-    a, root = run.args, args.data_root if "data_root" in given else run.args["data_root"]
-    if hasattr(method, "data_splits"):
-        images, held = method.data_splits(a, root)
-    else:
-        images, held = common.run_images(a, "train", root), None
-    encode = lambda x: method.encode(run, x)  # noqa: E731
-    codes = common.encode_all(encode, images.to(device))  # [N, d]
-    held = common.encode_all(encode, held.to(device)) if held is not None and len(held) else None
+    root = args.data_root if "data_root" in given else run.args["data_root"]
+    images, held = common.run_splits(method, run.args, root)
+    encode = lambda x: common.encode_all(lambda b: method.encode(run, b), x.to(device))  # noqa
+    codes, held = encode(images), encode(held) if len(held) else None  # [N, d] each
     print(f"stage two: the LDE on {len(codes)} codes of dimension {codes.shape[1]}")
     if "lde" in state["samplers"]:
         print(f"replacing the run's LDE, fitted with {state['samplers']['lde']['settings']}")

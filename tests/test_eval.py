@@ -375,11 +375,11 @@ def test_kid_equals_torch_fidelity():
 
 
 def test_parzen_of_one_sample_is_a_gaussian():
-    centre, points, sigma = torch.randn(1, 5), torch.randn(7, 5), 0.3
+    centre, points, sigma = torch.randn(1, 5).double(), torch.randn(7, 5).double(), 0.3
     got = eval_module.parzen_log_likelihood(centre, points, [sigma, 1.0])
     expected = stats.multivariate_normal(centre[0].numpy(), sigma ** 2 * np.eye(5)).logpdf(points)
-    assert got.shape == (2, 7)
-    assert np.allclose(got[0].numpy(), expected)
+    assert got.shape == (2, 7) and got.dtype == torch.float64
+    assert np.allclose(got[0].numpy(), expected, rtol=1e-12, atol=0)  # the widths in float64
 
 
 def test_parzen_of_a_gaussian_matches_its_closed_form():
@@ -890,3 +890,38 @@ def test_runs_without_a_checkpoint_leave_one_line_or_one_error(tmp_path, capsys)
                 gmm_components=2)
     with pytest.raises(common.UserError, match="is a dae run, not a deciphering run"):
         deciphering.load_run(str(run))
+
+
+def test_the_data_root_typed_or_the_runs_own(dae_run, monkeypatch, tmp_path):
+    """--data-root typed is where the reference and the Parzen images are read (the run's
+    own --data-root otherwise), for every split read."""
+    monkeypatch.setattr(common, "Inception", StubInception)
+    roots, real = [], common.run_images
+    monkeypatch.setattr(common, "run_images", lambda settings, split, data_root="": roots.append(
+        (split, data_root or settings["data_root"])) or real(settings, split, data_root))
+    typed = str(tmp_path / "elsewhere")
+    args = dict(num_samples=3, ref_size=3, samplers=["gmm"], parzen_samples=3, device="cpu")
+    eval_module.evaluate(str(dae_run), eval_module.Args(**args, data_root=typed))
+    eval_module.parzen(str(dae_run), eval_module.Args(**args, data_root=typed))
+    assert roots and all(root == typed for _, root in roots)
+    own = common.load_checkpoint(dae_run)["args"]["data_root"]
+    roots.clear()
+    eval_module.parzen(str(dae_run), eval_module.Args(**args))
+    assert roots == [("test", own)]
+
+
+def test_the_paper_figure_of_a_run_at_the_papers_protocol(dae_run, stub_inception, monkeypatch,
+                                                          tmp_path):
+    """evaluate() asks the method file for the paper's figure only at its sample count
+    against the whole split (here PAPER_SAMPLES 5 and the 297 test digits)."""
+    import dae
+
+    monkeypatch.setattr(dae, "PAPER_SAMPLES", 5)
+    monkeypatch.setattr(dae, "paper_fid", lambda run_args, ref: {"gmm": 73.78, "ref": ref})
+    args = dict(samplers=["gmm"], device="cpu", data_root=str(tmp_path))
+    whole = eval_module.evaluate(str(dae_run), eval_module.Args(num_samples=5, **args))
+    assert whole["paper_fid"] == {"gmm": 73.78, "ref": "test"}
+    assert eval_module.evaluate(str(dae_run), eval_module.Args(num_samples=5, ref_size=10,
+                                                               **args))["paper_fid"] == {}
+    assert eval_module.evaluate(str(dae_run), eval_module.Args(num_samples=4, **args)
+                                )["paper_fid"] == {}

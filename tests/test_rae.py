@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
 import common
 import rae
@@ -281,12 +282,15 @@ def test_the_official_validation_split(tmp_path):
         assert torch.equal(valid, torch.arange(trained, n))
     from PIL import Image
 
-    for name in ("000001", "162771", "182637", "182638"):  # train, valid, valid, test
-        Image.new("RGB", (178, 218)).save(tmp_path / f"{name}.jpg")
+    for i, name in enumerate(("000001", "162771", "182637", "182638")):  # train, valid x2, test
+        pixels = torch.randint(0, 256, (218, 178, 3), generator=torch.Generator().manual_seed(i))
+        Image.fromarray(pixels.to(torch.uint8).numpy()).save(tmp_path / f"{name}.jpg")
     images = torch.zeros(7, 3, 64, 64, dtype=torch.uint8)
-    train_part, valid = rae.validation_split(rae.Args(dataset="celeba", data_root=str(tmp_path)),
-                                             images)
-    assert train_part is images and valid.shape == (2, 3, 64, 64)
+    args = rae.Args(dataset="celeba", data_root=str(tmp_path), image_size=16, crop=100)
+    train_part, valid = rae.validation_split(args, images)
+    assert train_part is images and valid.shape == (2, 3, 16, 16)  # the run's size and crop
+    assert torch.equal(valid, common.load_images("celeba", str(tmp_path), "valid", 16, 100))
+    assert not torch.equal(valid, common.load_images("celeba", str(tmp_path), "valid", 16, 140))
 
 
 def test_the_validation_images_are_never_trained_on(tmp_path, monkeypatch):
@@ -418,3 +422,15 @@ def test_paper_figure_only_for_the_official_setting(changes):
     assert rae.paper_fid({**args, **changes}) == {}
     gp = dataclasses.asdict(rae.Args(variant="rae-gp"))
     assert rae.paper_fid(gp) == {} and rae.paper_fid({**gp, "epochs": 70})["gmm"] == 76.33
+
+
+def test_a_runs_split_is_read_from_the_data_root_given(tmp_path):
+    """data_splits (--fit-lde, eval.py --parzen): the run's training and validation images,
+    read from the data folder given, not the run's own (moved)."""
+    pixels = torch.randint(0, 256, (20, 32, 32, 3), generator=torch.Generator().manual_seed(0))
+    for i, image in enumerate(pixels.to(torch.uint8)):
+        Image.fromarray(image.numpy()).save(tmp_path / f"{i:02d}.png")
+    run_args = dataclasses.asdict(rae.Args(dataset="folder", data_root=str(tmp_path / "moved")))
+    trained, valid = rae.data_splits(run_args, str(tmp_path))
+    every = common.load_images("folder", str(tmp_path), "train")  # 18: every tenth is test
+    assert torch.equal(trained, every[:17]) and torch.equal(valid, every[17:])
